@@ -1,0 +1,56 @@
+// The one TORCH_LIBRARY block of the project: schemas, plus the CPU and CUDA implementations.
+// Autograd and fake (meta) kernels are attached from Python (stylesdf_fast/ops/).
+#include <torch/library.h>
+
+#include <string>
+
+#include "ops.h"
+
+#ifndef STYLESDF_FAST_TORCH_VERSION
+#define STYLESDF_FAST_TORCH_VERSION "unknown"
+#endif
+
+namespace stylesdf_fast {
+namespace {
+
+// "torch=<version the extension was compiled against>;cuda=<0|1>", read by stylesdf_fast/_extension.py.
+std::string build_info() {
+#ifdef WITH_CUDA
+  const char* cuda = "1";
+#else
+  const char* cuda = "0";
+#endif
+  return std::string("torch=") + STYLESDF_FAST_TORCH_VERSION + ";cuda=" + cuda;
+}
+
+}  // namespace
+}  // namespace stylesdf_fast
+
+TORCH_LIBRARY(stylesdf_fast, m) {
+  m.def("_build_info() -> str");
+  m.def("fused_leaky_relu(Tensor input, Tensor? bias, float negative_slope, float scale) -> Tensor");
+  m.def(
+      "fused_leaky_relu_backward(Tensor grad_output, Tensor output, float negative_slope, float scale, "
+      "bool bias_grad) -> (Tensor, Tensor)");
+  m.def(
+      "upfirdn2d(Tensor input, Tensor kernel, int up_x, int up_y, int down_x, int down_y, int pad_x0, "
+      "int pad_x1, int pad_y0, int pad_y1) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CompositeExplicitAutograd, m) {
+  m.impl("_build_info", &stylesdf_fast::build_info);
+}
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
+  m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cpu);
+  m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cpu);
+  m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cpu);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
+  m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cuda);
+  m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cuda);
+  m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cuda);
+}
+#endif

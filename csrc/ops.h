@@ -1,0 +1,36 @@
+// Host entry points of every op, one CPU and (when built with CUDA) one CUDA function each.
+// Registered with the dispatcher in ops.cpp; Python never calls these directly.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace stylesdf_fast {
+
+// fused_leaky_relu: y = scale * leaky_relu(input + bias[broadcast on dim 1], negative_slope)
+at::Tensor fused_leaky_relu_cpu(const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                                double negative_slope, double scale);
+// Returns (grad_input, grad_bias); grad_bias has shape [C] when bias_grad, else [0].
+std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cpu(const at::Tensor& grad_output,
+                                                                 const at::Tensor& output, double negative_slope,
+                                                                 double scale, bool bias_grad);
+
+// upfirdn2d: input [N, C, H, W], kernel [KH, KW]
+at::Tensor upfirdn2d_cpu(const at::Tensor& input, const at::Tensor& kernel, int64_t up_x, int64_t up_y,
+                         int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
+                         int64_t pad_y1);
+
+#ifdef WITH_CUDA
+at::Tensor fused_leaky_relu_cuda(const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                                 double negative_slope, double scale);
+std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cuda(const at::Tensor& grad_output,
+                                                                  const at::Tensor& output, double negative_slope,
+                                                                  double scale, bool bias_grad);
+at::Tensor upfirdn2d_cuda(const at::Tensor& input, const at::Tensor& kernel, int64_t up_x, int64_t up_y,
+                          int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
+                          int64_t pad_y1);
+#endif
+
+}  // namespace stylesdf_fast

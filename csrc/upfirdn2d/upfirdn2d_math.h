@@ -1,0 +1,75 @@
+// Index math and per-output-element arithmetic of upfirdn2d, shared by the CPU loop and the CUDA
+// kernel. Along one axis (KERNELS.md section 3):
+//   u[t] = x[t / up] if t % up == 0 else 0          (zero insertion, length in * up)
+//   p[t] = u[t - pad0]                               (negative pads crop)
+//   out[o] = sum_k p[o * down + k] * kernel[K - 1 - k]   (true convolution, then keep every down-th)
+//   out_size = floor((in * up + pad0 + pad1 - K) / down) + 1
+#pragma once
+
+#include <cstdint>
+
+#include "../common/host_device.h"
+
+namespace stylesdf_fast {
+
+struct UpfirdnAxis {
+  int64_t in_size;
+  int64_t out_size;
+  int64_t up;
+  int64_t down;
+  int64_t pad0;
+  int64_t taps;  // kernel length along this axis
+};
+
+SSDF_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+SSDF_HOST_DEVICE inline int64_t upfirdn_output_size(int64_t in_size, int64_t up, int64_t down, int64_t pad0,
+                                                    int64_t pad1, int64_t taps) {
+  return floor_div(in_size * up + pad0 + pad1 - taps, down) + 1;
+}
+
+// Input index read by output o through (unflipped convolution) tap k, or -1 when that tap lands on
+// an inserted zero, in the padding, or in a cropped-away region.
+SSDF_HOST_DEVICE inline int64_t upfirdn_source_index(int64_t o, int64_t k, const UpfirdnAxis& a) {
+  const int64_t t = o * a.down + k - a.pad0;  // position in the upsampled signal
+  if (t < 0 || t % a.up != 0) return -1;
+  const int64_t i = t / a.up;
+  return i < a.in_size ? i : -1;
+}
+
+// Smallest tap k >= 0 whose position o * down + k - pad0 is a non-negative multiple of up.
+// Later taps that land on input samples follow every `up` taps.
+SSDF_HOST_DEVICE inline int64_t upfirdn_first_tap(int64_t o, const UpfirdnAxis& a) {
+  const int64_t t0 = o * a.down - a.pad0;
+  const int64_t k = t0 < 0 ? -t0 : 0;
+  const int64_t r = (t0 + k) % a.up;
+  return r == 0 ? k : k + (a.up - r);
+}
+
+// One output element of one plane. `kernel` is the [taps_y, taps_x] filter, contiguous, already in
+// the accumulation type. Taps are visited in ascending (ky, kx) order, the same order as the CPU row
+// loop, so both devices sum in the same order.
+template <typename scalar_t, typename acc_t>
+SSDF_HOST_DEVICE inline acc_t upfirdn2d_output_element(const scalar_t* plane, int64_t stride_y, int64_t stride_x,
+                                                       const acc_t* kernel, const UpfirdnAxis& ax,
+                                                       const UpfirdnAxis& ay, int64_t oy, int64_t ox) {
+  acc_t sum = acc_t(0);
+  const int64_t kx_first = upfirdn_first_tap(ox, ax);
+  for (int64_t ky = upfirdn_first_tap(oy, ay); ky < ay.taps; ky += ay.up) {
+    const int64_t iy = (oy * ay.down + ky - ay.pad0) / ay.up;
+    if (iy >= ay.in_size) break;
+    const acc_t* kernel_row = kernel + (ay.taps - 1 - ky) * ax.taps;
+    const scalar_t* input_row = plane + iy * stride_y;
+    for (int64_t kx = kx_first; kx < ax.taps; kx += ax.up) {
+      const int64_t ix = (ox * ax.down + kx - ax.pad0) / ax.up;
+      if (ix >= ax.in_size) break;
+      sum += kernel_row[ax.taps - 1 - kx] * static_cast<acc_t>(input_row[ix * stride_x]);
+    }
+  }
+  return sum;
+}
+
+}  // namespace stylesdf_fast

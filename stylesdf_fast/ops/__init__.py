@@ -1,0 +1,26 @@
+"""Public ops: validation, dispatch between the compiled kernels and the pure-PyTorch reference,
+autograd and fake kernels for torch.compile. Every op takes impl="auto" | "kernel" | "reference"."""
+from .fused_leaky_relu import FusedLeakyReLU, fused_leaky_relu
+from .upfirdn2d import (
+    Blur,
+    Downsample,
+    Upsample,
+    blur2d,
+    downsample2d,
+    make_kernel,
+    upfirdn2d,
+    upsample2d,
+)
+
+__all__ = [
+    "fused_leaky_relu",
+    "FusedLeakyReLU",
+    "upfirdn2d",
+    "upsample2d",
+    "downsample2d",
+    "blur2d",
+    "make_kernel",
+    "Upsample",
+    "Downsample",
+    "Blur",
+]

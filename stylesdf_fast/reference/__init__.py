@@ -1,0 +1,6 @@
+"""Pure-PyTorch twins of every op in stylesdf_fast.ops: same names, same signatures (without impl).
+They are the oracle of the tests and the fallback when the compiled extension is unavailable."""
+from .fused_leaky_relu import fused_leaky_relu
+from .upfirdn2d import upfirdn2d
+
+__all__ = ["fused_leaky_relu", "upfirdn2d"]

@@ -1,0 +1,92 @@
+"""Input builders and tolerances shared by the tests and the benchmarks (DESIGN.md items 7, 10)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stylesdf_fast import _extension
+
+# --- devices: CUDA cases skip (calling is_available(), not testing the function object) ----------
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")),
+]
+
+requires_kernels = pytest.mark.skipif(
+    not _extension.status().loaded, reason=f"compiled extension unavailable: {_extension.status().reason}"
+)
+
+# --- tolerances, named once ----------------------------------------------------------------------
+# (rtol, atol) of kernel vs reference when both run in the same dtype (different summation order).
+SAME_DTYPE_TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-5),
+}
+# Half storage vs a float32 reference on the same (rounded) inputs: a few output ulps.
+LOW_PRECISION_ULPS = 4
+
+
+def low_precision_tol(dtype: torch.dtype, magnitude: float) -> tuple:
+    """(rtol, atol) for a half/bfloat16 result vs float32: LOW_PRECISION_ULPS ulps of the dtype
+    relative to the values' magnitude."""
+    eps = torch.finfo(dtype).eps
+    return LOW_PRECISION_ULPS * eps, LOW_PRECISION_ULPS * eps * max(magnitude, 1.0)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = None, msg: str = "") -> None:
+    dtype = dtype or expected.dtype
+    if dtype in SAME_DTYPE_TOL:
+        rtol, atol = SAME_DTYPE_TOL[dtype]
+    else:
+        rtol, atol = low_precision_tol(dtype, expected.abs().max().item() if expected.numel() else 1.0)
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol, msg=msg or None)
+
+
+# --- layouts --------------------------------------------------------------------------------------
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def with_layout(tensor: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as `tensor` ([N, C, H, W]) stored contiguous, channels_last, or as a
+    non-contiguous view (every other column of a wider buffer)."""
+    if layout == "contiguous":
+        return tensor.contiguous()
+    if layout == "channels_last":
+        return tensor.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = torch.zeros(*tensor.shape[:-1], tensor.shape[-1] * 2, dtype=tensor.dtype, device=tensor.device)
+        wide[..., ::2] = tensor
+        view = wide[..., ::2]
+        assert not view.is_contiguous()
+        return view
+    raise ValueError(layout)
+
+
+def leaf(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().requires_grad_(True)
+
+
+# --- upfirdn2d cases: (name, input shape, kernel shape, up, down, pad) -----------------------------
+# Every combination StyleGAN2 uses, then unusual ones.
+UPFIRDN_CASES = [
+    ("stylegan_upsample", (2, 3, 8, 8), (4, 4), 2, 1, (2, 1)),
+    ("stylegan_downsample", (2, 3, 8, 8), (4, 4), 1, 2, (1, 1)),
+    ("stylegan_blur_before_stride2_conv", (2, 3, 8, 8), (4, 4), 1, 1, (2, 2)),
+    ("stylegan_blur_after_transposed_conv", (2, 3, 9, 9), (4, 4), 1, 1, (1, 1)),
+    ("up3", (1, 2, 5, 6), (3, 3), 3, 1, (1, 1)),
+    ("down3", (1, 2, 11, 10), (3, 3), 1, 3, (1, 1)),
+    ("kernel_5x3_mixed_axes", (2, 2, 7, 5), (5, 3), (2, 1), (1, 2), (1, 2, 0, 3)),
+    ("negative_pads", (1, 3, 9, 7), (4, 4), 2, 1, (-1, -2, 1, -1)),
+    ("up2_down2", (1, 2, 6, 7), (4, 4), 2, 2, (1, 2)),
+    ("odd_sizes_1x1_kernel", (3, 1, 5, 3), (1, 1), 1, 1, (0, 0)),
+    ("empty_batch", (0, 3, 8, 8), (4, 4), 2, 1, (2, 1)),
+]
+
+
+def upfirdn_case_ids():
+    return [case[0] for case in UPFIRDN_CASES]
+
+
+def make_fir_kernel(shape, dtype=torch.float64, device="cpu", seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device) + 0.1

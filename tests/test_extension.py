@@ -1,0 +1,97 @@
+"""Loading the extension and choosing between kernel and reference."""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import stylesdf_fast
+from stylesdf_fast import _extension, ops, reference
+
+
+@pytest.fixture
+def extension_absent(monkeypatch):
+    """Pretend the compiled extension could not be imported."""
+    state = _extension.ExtensionStatus(False, False, None, "stylesdf_fast._C could not be imported (test)")
+    monkeypatch.setattr(_extension, "status", lambda: state)
+    monkeypatch.setattr(_extension, "_warned_reasons", set())
+    monkeypatch.delenv("STYLESDF_FAST_REQUIRE_KERNELS", raising=False)
+    return state
+
+
+@pytest.fixture
+def extension_without_cuda(monkeypatch):
+    state = _extension.ExtensionStatus(True, False, torch.__version__, "")
+    monkeypatch.setattr(_extension, "status", lambda: state)
+    monkeypatch.setattr(_extension, "_warned_reasons", set())
+    monkeypatch.delenv("STYLESDF_FAST_REQUIRE_KERNELS", raising=False)
+    return state
+
+
+def test_extension_is_loaded_where_kernels_are_required():
+    """CI sets STYLESDF_FAST_REQUIRE_KERNELS=1: the installed package must carry its CPU kernels."""
+    state = stylesdf_fast.extension_status()
+    if os.environ.get("STYLESDF_FAST_REQUIRE_KERNELS") == "1":
+        assert state.loaded, state.reason
+    if state.loaded:
+        assert state.built_with_torch.split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
+
+
+def test_auto_falls_back_with_one_loud_warning(extension_absent):
+    x = torch.randn(2, 3, 4, 4)
+    kernel = ops.make_kernel([1, 3, 3, 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ops.fused_leaky_relu(x, impl="auto")
+        up = ops.upfirdn2d(x, kernel, 2, 1, (2, 1), impl="auto")
+        ops.fused_leaky_relu(x, impl="auto")
+    fallback = [w for w in caught if issubclass(w.category, stylesdf_fast.KernelFallbackWarning)]
+    assert len(fallback) == 1, [str(w.message) for w in caught]
+    assert "could not be imported (test)" in str(fallback[0].message)
+    torch.testing.assert_close(out, reference.fused_leaky_relu(x))
+    torch.testing.assert_close(up, reference.upfirdn2d(x, kernel, 2, 1, (2, 1)))
+
+
+def test_kernel_impl_raises_when_unavailable(extension_absent):
+    with pytest.raises(stylesdf_fast.KernelUnavailableError, match="could not be imported"):
+        ops.fused_leaky_relu(torch.randn(2, 3), impl="kernel")
+    with pytest.raises(stylesdf_fast.KernelUnavailableError, match="upfirdn2d"):
+        ops.upfirdn2d(torch.randn(1, 1, 4, 4), torch.ones(2, 2), impl="kernel")
+
+
+def test_require_kernels_turns_the_fallback_into_an_error(extension_absent, monkeypatch):
+    monkeypatch.setenv("STYLESDF_FAST_REQUIRE_KERNELS", "1")
+    with pytest.raises(stylesdf_fast.KernelUnavailableError, match="STYLESDF_FAST_REQUIRE_KERNELS"):
+        ops.fused_leaky_relu(torch.randn(2, 3), impl="auto")
+
+
+def test_reference_impl_never_warns(extension_absent):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.fused_leaky_relu(torch.randn(2, 3), impl="reference")
+
+
+def test_build_without_cuda_names_the_reason(extension_without_cuda):
+    reason = _extension.kernel_unavailable_reason(torch.device("cuda"))
+    assert "without CUDA" in reason
+    assert _extension.kernel_unavailable_reason(torch.device("cpu")) == ""
+    assert "mps" in _extension.kernel_unavailable_reason(torch.device("mps"))
+
+
+def test_import_never_compiles():
+    """Importing the package must not reach torch's JIT build machinery."""
+    code = (
+        "import sys, stylesdf_fast, stylesdf_fast.ops, stylesdf_fast.reference; "
+        "print('torch.utils.cpp_extension' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_disable_switch_reports_reason():
+    code = "import stylesdf_fast; print(stylesdf_fast.extension_status().reason)"
+    env = dict(os.environ, STYLESDF_FAST_DISABLE_KERNELS="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert "STYLESDF_FAST_DISABLE_KERNELS" in result.stdout
