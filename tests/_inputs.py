@@ -90,3 +90,7 @@ def upfirdn_case_ids():
 def make_fir_kernel(shape, dtype=torch.float64, device="cpu", seed=0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device) + 0.1
+
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _extension.status().cuda), reason="needs a CUDA GPU and the CUDA kernels"
+)

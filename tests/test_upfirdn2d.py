@@ -14,6 +14,7 @@ from _inputs import (
     assert_close,
     leaf,
     make_fir_kernel,
+    requires_cuda,
     requires_kernels,
     upfirdn_case_ids,
     with_layout,
@@ -203,3 +204,17 @@ def test_bad_input(call, error, words):
         call()
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name, shape, kshape, up, down, pad", UPFIRDN_CASES, ids=upfirdn_case_ids())
+def test_cpu_and_cuda_kernels_agree(dtype, name, shape, kshape, up, down, pad):
+    x = torch.randn(shape).to(dtype)
+    kernel = make_fir_kernel(kshape, dtype=torch.float32)
+    results = []
+    for device in ("cpu", "cuda"):
+        out, grad = forward_and_input_grad("kernel", x.to(device), kernel.to(device), up, down, pad)
+        results.append((out.cpu(), grad.cpu()))
+    for cpu_value, cuda_value in zip(*results):
+        assert_close(cuda_value, cpu_value, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else None)

@@ -97,9 +97,14 @@ def _register() -> None:
         _, bias, negative_slope, scale = inputs
         ctx.negative_slope, ctx.scale = negative_slope, scale
         ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output)
 
     def forward_backward(ctx, grad):
+        if grad is None:
+            # A double backward reaches here through `output`, which only supplies the piecewise
+            # constant mask: its gradient is zero, so skip the full pass over zeros.
+            return None, None, None, None
         (output,) = ctx.saved_tensors
         bias_grad = ctx.has_bias and ctx.needs_input_grad[1]
         grad_input, grad_bias = torch.ops.stylesdf_fast.fused_leaky_relu_backward(
@@ -110,6 +115,7 @@ def _register() -> None:
     def backward_setup(ctx, inputs, output):
         _, output, negative_slope, scale, _ = inputs
         ctx.negative_slope, ctx.scale = negative_slope, scale
+        ctx.set_materialize_grads(False)  # an unused grad_bias arrives as None, not as zeros to add
         ctx.save_for_backward(output)
 
     def backward_backward(ctx, grad_grad_input, grad_grad_bias):
@@ -117,11 +123,11 @@ def _register() -> None:
         # output: d(grad_input)/d(grad_output) is the same mask, and there is no term through output.
         (output,) = ctx.saved_tensors
         total = grad_grad_input
-        if grad_grad_bias is not None and grad_grad_bias.numel() > 0:
+        if grad_grad_bias is not None and grad_grad_bias.numel() > 0 and ctx.needs_input_grad[0]:
             shape = (1, -1) + (1,) * (output.dim() - 2)
             bias_part = grad_grad_bias.view(shape).expand_as(output)
             total = bias_part if total is None else total + bias_part
-        if total is None:
+        if total is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         grad_grad_output, _ = torch.ops.stylesdf_fast.fused_leaky_relu_backward(
             total, output, ctx.negative_slope, ctx.scale, False

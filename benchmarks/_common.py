@@ -1,0 +1,324 @@
+"""Helpers shared by the benchmark scripts (ops_speed.py, and later render_speed.py etc.).
+
+- timing:          `time_step` (median wall time over repeats, after warm-up; CUDA is synchronised)
+                   and `measure_step` (time_step + peak_memory, ordered to spend little on slow steps)
+- peak memory:     `peak_memory` (bytes allocated by torch during one step, above what was held before)
+- copy bandwidth:  `copy_bandwidth` (the machine's reference GB/s, measured in the same run)
+- reporting:       `print_table`, `environment_metadata`, `write_json`
+
+Peak-memory method
+------------------
+CUDA: `torch.cuda.reset_peak_memory_stats()`, then `max_memory_allocated() - memory_allocated()`
+      taken before the step (the caching allocator's own bookkeeping; cached-but-free blocks do not count).
+CPU:  torch has no allocator statistics on CPU, so the step runs once under
+      `torch.profiler.profile(activities=[CPU], profile_memory=True)`. Every allocation and free of
+      the CPU allocator is recorded as a "[memory]" event with a signed byte count. The raw (kineto)
+      events are sorted by start time and summed; the peak of that running sum is the largest amount
+      of memory the step held at once above what was allocated before it started (tensors freed
+      during the step that were allocated before it make the sum go down, as on CUDA).
+      Note: `prof.events()` is not usable for this, because it folds the allocation events into the
+      op that made them (only their total survives, not their order), so we read the raw events.
+      `check_cpu_peak_memory_method()` verifies the method on a known allocation pattern; the
+      benchmark records its result. Memory allocated outside torch's allocator (std::vector scratch
+      inside kernels, BLAS/oneDNN workspaces that bypass c10) is not seen by either method.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+MIB = 2**20
+
+
+# --- device ---------------------------------------------------------------------------------------
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+def time_step(
+    step: Callable[[], object],
+    *,
+    device,
+    repeats: int,
+    warmup: int = 2,
+    setup: Optional[Callable[[], None]] = None,
+    max_seconds: Optional[float] = None,
+    min_repeats: int = 3,
+) -> Dict[str, object]:
+    """Wall time of `step()` (seconds), with `setup()` (untimed) before every call.
+
+    Runs up to `warmup` untimed calls (stopping after one that took longer than 1 s), then
+    `repeats` timed calls; with `max_seconds`, stops early once that much time has been spent in
+    timed calls and at least `min_repeats` were made. Returns median/min/mean/max in ms, the number
+    of timed calls and every time.
+    """
+    for _ in range(max(warmup, 0)):
+        if setup is not None:
+            setup()
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        if time.perf_counter() - start > 1.0:
+            break
+    times: List[float] = []
+    spent = 0.0
+    for _ in range(max(repeats, 1)):
+        if setup is not None:
+            setup()
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        spent += elapsed
+        if max_seconds is not None and spent >= max_seconds and len(times) >= min_repeats:
+            break
+    return {
+        "median_ms": statistics.median(times) * 1e3,
+        "min_ms": min(times) * 1e3,
+        "mean_ms": statistics.fmean(times) * 1e3,
+        "max_ms": max(times) * 1e3,
+        "repeats": len(times),
+        "times_ms": [t * 1e3 for t in times],
+    }
+
+
+# --- peak memory ----------------------------------------------------------------------------------
+
+def _cpu_memory_events(prof) -> List[tuple]:
+    """(start_ns, signed bytes) of the CPU allocator events recorded by a profile_memory=True run."""
+    events = []
+    for event in prof.profiler.kineto_results.events():
+        if event.name() != "[memory]":
+            continue
+        if event.device_type() != torch.autograd.DeviceType.CPU:
+            continue
+        events.append((event.start_ns(), event.nbytes()))
+    events.sort(key=lambda item: item[0])
+    return events
+
+
+def _peak_of_running_sum(events: Sequence[tuple]) -> int:
+    total = peak = 0
+    for _, nbytes in events:
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
+def peak_memory(step: Callable[[], object], *, device, setup: Optional[Callable[[], None]] = None) -> int:
+    """Peak bytes allocated by torch during one call of `step()`, above what was allocated before it.
+    The step's return value is dropped inside the measured region, so its outputs count while alive."""
+    device = torch.device(device)
+    if setup is not None:
+        setup()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        result = step()
+        del result
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    if device.type == "cpu":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = step()
+            del result
+        return _peak_of_running_sum(_cpu_memory_events(prof))
+    raise ValueError(f"peak_memory: unsupported device {device}")
+
+
+def check_cpu_peak_memory_method() -> Dict[str, object]:
+    """Runs the CPU method on a known pattern: with 8 MiB held before, allocate 40 MiB, free it,
+    allocate 24 + 12 MiB, free 24 MiB, free the 8 MiB held before, return 12 MiB (then dropped).
+    The expected peak is 40 MiB (the 36 MiB later never exceeds it)."""
+    held = torch.empty(8 * MIB, dtype=torch.uint8)
+    holder = [held]
+    del held
+
+    def step():
+        a = torch.ones(40 * MIB, dtype=torch.uint8)
+        del a
+        b = torch.ones(24 * MIB, dtype=torch.uint8)
+        c = torch.ones(12 * MIB, dtype=torch.uint8)
+        del b
+        holder.clear()
+        return c
+
+    expected = 40 * MIB
+    try:
+        measured = peak_memory(step, device="cpu")
+    except Exception as error:  # noqa: BLE001 (the benchmark reports it, it does not stop)
+        return {"ok": False, "expected_bytes": expected, "measured_bytes": None, "error": repr(error)}
+    return {"ok": measured == expected, "expected_bytes": expected, "measured_bytes": measured}
+
+
+def measure_step(
+    step: Callable[[], object],
+    *,
+    device,
+    repeats: int,
+    warmup: int = 2,
+    setup: Optional[Callable[[], None]] = None,
+    max_seconds: Optional[float] = None,
+    min_repeats: int = 3,
+) -> Dict[str, object]:
+    """time_step + peak_memory of one step: {"median_ms", ..., "peak_bytes", "peak_mib"}.
+
+    CUDA: warm-up, then the timed calls, then one call for the peak memory.
+    CPU: the profiled peak-memory call comes first and counts as the first warm-up call; when it took
+    longer than 1 s no other warm-up is made (slow CPU references would otherwise dominate the run).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        start = time.perf_counter()
+        peak = peak_memory(step, device=device, setup=setup)
+        first_call_s = time.perf_counter() - start
+        more_warmup = 0 if first_call_s > 1.0 else max(warmup - 1, 0)
+        timing = time_step(step, device=device, repeats=repeats, warmup=more_warmup, setup=setup,
+                           max_seconds=max_seconds, min_repeats=min_repeats)
+    else:
+        timing = time_step(step, device=device, repeats=repeats, warmup=max(warmup, 1), setup=setup,
+                           max_seconds=max_seconds, min_repeats=min_repeats)
+        peak = peak_memory(step, device=device, setup=setup)
+    return {**timing, "peak_bytes": peak, "peak_mib": peak / MIB}
+
+
+# --- copy bandwidth -------------------------------------------------------------------------------
+
+def copy_bandwidth(device, *, size_mib: int = 256, repeats: int = 10, max_seconds: float = 10.0) -> Dict[str, object]:
+    """GB/s (1e9 bytes/s, read + write counted) of copying a `size_mib` MiB float32 tensor:
+    - "clone": x.clone() (allocates its output each time, as the ops do; on CPU that includes the
+      first-touch page faults of a fresh large allocation): the reference bandwidth of the benchmarks;
+    - "copy_": y.copy_(x) into a preallocated tensor (pure streaming copy, for comparison)."""
+    numel = size_mib * MIB // 4
+    x = torch.rand(numel, device=device)
+    y = torch.empty_like(x)
+    moved = 2 * x.numel() * x.element_size()
+    result: Dict[str, object] = {"size_mib": size_mib, "bytes_per_copy": moved}
+    for name, step in (("clone", lambda: x.clone()), ("copy_", lambda: y.copy_(x))):
+        timing = time_step(step, device=device, repeats=repeats, warmup=2, max_seconds=max_seconds)
+        result[name] = {"median_ms": timing["median_ms"], "repeats": timing["repeats"],
+                        "gb_per_s": moved / (timing["median_ms"] * 1e-3) / 1e9}
+    result["gb_per_s"] = result["clone"]["gb_per_s"]
+    del x, y
+    return result
+
+
+# --- environment ----------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def git_info(path: Optional[os.PathLike] = None) -> Dict[str, object]:
+    """Commit hash (None when there is no repository or no commit yet) and whether the tree is dirty."""
+    cwd = str(path or Path(__file__).resolve().parent)
+
+    def git(*args):
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None or commit is None else bool(status)}
+
+
+def environment_metadata(device) -> Dict[str, object]:
+    device = torch.device(device)
+    meta: Dict[str, object] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "device": str(device),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        # other processes competing for the cores make every number noisier
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        meta["device_name"] = props.name
+        meta["device_memory_gib"] = props.total_memory / 2**30
+        meta["device_capability"] = f"{props.major}.{props.minor}"
+    else:
+        meta["device_name"] = meta["cpu_model"]
+    meta["git"] = git_info()
+    return meta
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+def format_cell(value, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec or ".3g")
+    return str(value)
+
+
+def print_table(rows: Sequence[Dict[str, object]], columns: Sequence[tuple], *, file=None) -> None:
+    """columns: (key, header, format spec) triples; a row's missing or None value prints as "-".
+    Numbers are right-aligned, text left-aligned."""
+    cells = [[format_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
+    headers = [header for _, header, _ in columns]
+    numeric = [all(isinstance(row.get(key), (int, float)) or row.get(key) is None for row in rows)
+               for key, _, _ in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    print(line(headers), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for c in cells:
+        print(line(c), file=file)
+
+
+def write_json(path: os.PathLike, payload: Dict[str, object], *, device) -> Path:
+    """Writes payload with an "environment" entry (environment_metadata) added, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"environment": environment_metadata(device), **payload}
+    with open(path, "w") as f:
+        json.dump(document, f, indent=2, default=str)
+        f.write("\n")
+    return path
