@@ -35,6 +35,13 @@ TORCH_LIBRARY(stylesdf_fast, m) {
   m.def(
       "upfirdn2d(Tensor input, Tensor kernel, int up_x, int up_y, int down_x, int down_y, int pad_x0, "
       "int pad_x1, int pad_y0, int pad_y1) -> Tensor");
+  m.def(
+      "sdf_volume_render(Tensor density, Tensor rgb, Tensor? features, Tensor z_vals, Tensor ray_norm, "
+      "Tensor? beta, bool force_background, int rgb_activation) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "sdf_volume_render_backward(Tensor? grad_rgb_map, Tensor? grad_feature_map, Tensor? grad_weights, "
+      "Tensor density, Tensor rgb, Tensor? features, Tensor z_vals, Tensor ray_norm, Tensor? beta, "
+      "bool force_background, int rgb_activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(stylesdf_fast, CompositeExplicitAutograd, m) {
@@ -45,6 +52,8 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
   m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cpu);
   m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cpu);
   m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cpu);
+  m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cpu);
+  m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -52,5 +61,7 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
   m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cuda);
   m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cuda);
   m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cuda);
+  m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cuda);
+  m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cuda);
 }
 #endif

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -22,6 +23,22 @@ at::Tensor upfirdn2d_cpu(const at::Tensor& input, const at::Tensor& kernel, int6
                          int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
                          int64_t pad_y1);
 
+// sdf_volume_render: density [R, S] (sdf when beta is given, sigma otherwise), rgb [R, S, 3],
+// features [R, S, C] or none, z_vals [R, S], ray_norm [R], beta [1] or none.
+// Returns (rgb_map [R, 3], feature_map [R, C], weights [R, S]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_cpu(
+    const at::Tensor& density, const at::Tensor& rgb, const std::optional<at::Tensor>& features,
+    const at::Tensor& z_vals, const at::Tensor& ray_norm, const std::optional<at::Tensor>& beta,
+    bool force_background, int64_t rgb_activation);
+// Returns (grad_density, grad_rgb, grad_features, grad_beta); an entry not asked for by output_mask
+// (density, rgb, features, beta) has shape [0].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_backward_cpu(
+    const std::optional<at::Tensor>& grad_rgb_map, const std::optional<at::Tensor>& grad_feature_map,
+    const std::optional<at::Tensor>& grad_weights, const at::Tensor& density, const at::Tensor& rgb,
+    const std::optional<at::Tensor>& features, const at::Tensor& z_vals, const at::Tensor& ray_norm,
+    const std::optional<at::Tensor>& beta, bool force_background, int64_t rgb_activation,
+    std::array<bool, 4> output_mask);
+
 #ifdef WITH_CUDA
 at::Tensor fused_leaky_relu_cuda(const at::Tensor& input, const std::optional<at::Tensor>& bias,
                                  double negative_slope, double scale);
@@ -31,6 +48,16 @@ std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cuda(const at::Tens
 at::Tensor upfirdn2d_cuda(const at::Tensor& input, const at::Tensor& kernel, int64_t up_x, int64_t up_y,
                           int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
                           int64_t pad_y1);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_cuda(
+    const at::Tensor& density, const at::Tensor& rgb, const std::optional<at::Tensor>& features,
+    const at::Tensor& z_vals, const at::Tensor& ray_norm, const std::optional<at::Tensor>& beta,
+    bool force_background, int64_t rgb_activation);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_backward_cuda(
+    const std::optional<at::Tensor>& grad_rgb_map, const std::optional<at::Tensor>& grad_feature_map,
+    const std::optional<at::Tensor>& grad_weights, const at::Tensor& density, const at::Tensor& rgb,
+    const std::optional<at::Tensor>& features, const at::Tensor& z_vals, const at::Tensor& ray_norm,
+    const std::optional<at::Tensor>& beta, bool force_background, int64_t rgb_activation,
+    std::array<bool, 4> output_mask);
 #endif
 
 }  // namespace stylesdf_fast

@@ -1,6 +1,7 @@
 """Public ops: validation, dispatch between the compiled kernels and the pure-PyTorch reference,
 autograd and fake kernels for torch.compile. Every op takes impl="auto" | "kernel" | "reference"."""
 from .fused_leaky_relu import FusedLeakyReLU, fused_leaky_relu
+from .sdf_volume_render import VolumeRenderOutput, density_volume_render, sdf_volume_render
 from .upfirdn2d import (
     Blur,
     Downsample,
@@ -23,4 +24,7 @@ __all__ = [
     "Upsample",
     "Downsample",
     "Blur",
+    "sdf_volume_render",
+    "density_volume_render",
+    "VolumeRenderOutput",
 ]
