@@ -42,6 +42,13 @@ TORCH_LIBRARY(stylesdf_fast, m) {
       "sdf_volume_render_backward(Tensor? grad_rgb_map, Tensor? grad_feature_map, Tensor? grad_weights, "
       "Tensor density, Tensor rgb, Tensor? features, Tensor z_vals, Tensor ray_norm, Tensor? beta, "
       "bool force_background, int rgb_activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "sdf_volume_render_packed(Tensor raw, int rgb_offset, int sdf_offset, int feature_offset, int channels, "
+      "Tensor z_vals, Tensor ray_norm, Tensor beta, bool force_background) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "sdf_volume_render_packed_backward(Tensor? grad_rgb_map, Tensor? grad_feature_map, Tensor? grad_weights, "
+      "Tensor raw, int rgb_offset, int sdf_offset, int feature_offset, int channels, Tensor z_vals, "
+      "Tensor ray_norm, Tensor beta, bool force_background, bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(stylesdf_fast, CompositeExplicitAutograd, m) {
@@ -54,6 +61,8 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
   m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cpu);
   m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cpu);
   m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cpu);
+  m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cpu);
+  m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -63,5 +72,7 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
   m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cuda);
   m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cuda);
   m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cuda);
+  m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cuda);
+  m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cuda);
 }
 #endif

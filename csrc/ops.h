@@ -39,6 +39,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_bac
     const std::optional<at::Tensor>& beta, bool force_background, int64_t rgb_activation,
     std::array<bool, 4> output_mask);
 
+// sdf_volume_render_packed: the same with sdf/rgb/features given as channel ranges of one
+// raw [R, S, K] buffer (the network output); the backward returns (grad_raw [R, S, K], grad_beta).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_packed_cpu(
+    const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset, int64_t feature_offset, int64_t channels,
+    const at::Tensor& z_vals, const at::Tensor& ray_norm, const at::Tensor& beta, bool force_background);
+std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cpu(
+    const std::optional<at::Tensor>& grad_rgb_map, const std::optional<at::Tensor>& grad_feature_map,
+    const std::optional<at::Tensor>& grad_weights, const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset,
+    int64_t feature_offset, int64_t channels, const at::Tensor& z_vals, const at::Tensor& ray_norm,
+    const at::Tensor& beta, bool force_background, std::array<bool, 2> output_mask);
+
 #ifdef WITH_CUDA
 at::Tensor fused_leaky_relu_cuda(const at::Tensor& input, const std::optional<at::Tensor>& bias,
                                  double negative_slope, double scale);
@@ -58,6 +69,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_bac
     const std::optional<at::Tensor>& features, const at::Tensor& z_vals, const at::Tensor& ray_norm,
     const std::optional<at::Tensor>& beta, bool force_background, int64_t rgb_activation,
     std::array<bool, 4> output_mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_packed_cuda(
+    const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset, int64_t feature_offset, int64_t channels,
+    const at::Tensor& z_vals, const at::Tensor& ray_norm, const at::Tensor& beta, bool force_background);
+std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cuda(
+    const std::optional<at::Tensor>& grad_rgb_map, const std::optional<at::Tensor>& grad_feature_map,
+    const std::optional<at::Tensor>& grad_weights, const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset,
+    int64_t feature_offset, int64_t channels, const at::Tensor& z_vals, const at::Tensor& ray_norm,
+    const at::Tensor& beta, bool force_background, std::array<bool, 2> output_mask);
 #endif
 
 }  // namespace stylesdf_fast

@@ -51,18 +51,6 @@ SSDF_CPU_MULTIVERSION void forward_rays(const RayData<scalar_t, color_t>& d, sca
   }
 }
 
-// Upstream gradients (null when absent) and the outputs of the backward (null when not wanted).
-template <typename scalar_t, typename color_t>
-struct BackwardBuffers {
-  const color_t* grad_rgb_map;      // [R, 3]
-  const color_t* grad_feature_map;  // [R, C]
-  const scalar_t* grad_weights;     // [R, S]
-  scalar_t* grad_density;           // [R, S]
-  color_t* grad_rgb;                // [R, S, 3]
-  color_t* grad_features;           // [R, S, C]
-  bool want_beta;
-};
-
 template <typename acc_t, typename color_t>
 inline acc_t dot_and_scale(const color_t* __restrict__ f, const color_t* __restrict__ g, acc_t w,
                            color_t* __restrict__ grad_f, int64_t C) {
@@ -88,7 +76,7 @@ inline acc_t dot_and_scale(const color_t* __restrict__ f, const color_t* __restr
 // Rays [begin, end): writes the wanted input gradients and returns this range's dL/dbeta.
 template <typename scalar_t, typename color_t>
 SSDF_CPU_MULTIVERSION scalar_t backward_rays(const RayData<scalar_t, color_t>& d, scalar_t beta, RenderOptions opt,
-                                             const BackwardBuffers<scalar_t, color_t>& b, int64_t begin, int64_t end) {
+                                             const GradientPointers<scalar_t, color_t>& b, int64_t begin, int64_t end) {
   using acc_t = scalar_t;
   const int64_t S = d.samples, C = d.channels;
   const acc_t gain = color_gain<acc_t>(opt.activation);
@@ -110,7 +98,7 @@ SSDF_CPU_MULTIVERSION scalar_t backward_rays(const RayData<scalar_t, color_t>& d
           const acc_t gc = gain * static_cast<acc_t>(g[c]);
           v[i] += gc * activated_color(logit, opt.activation);
           if (b.grad_rgb) {
-            b.grad_rgb[(r * S + i) * 3 + c] =
+            b.rgb_at(r, i)[c] =
                 static_cast<color_t>(gc * w[i] * activated_color_derivative(logit, opt.activation));
           }
         }
@@ -119,7 +107,7 @@ SSDF_CPU_MULTIVERSION scalar_t backward_rays(const RayData<scalar_t, color_t>& d
     if (d.features && b.grad_feature_map) {
       const color_t* g = b.grad_feature_map + r * C;
       for (int64_t i = 0; i < S; ++i) {
-        color_t* grad_f = b.grad_features ? b.grad_features + (r * S + i) * C : nullptr;
+        color_t* grad_f = b.grad_features ? b.features_at(r, i) : nullptr;
         v[i] += dot_and_scale<acc_t, color_t>(d.features_at(r, i), g, w[i], grad_f, C);
       }
     }
@@ -129,7 +117,7 @@ SSDF_CPU_MULTIVERSION scalar_t backward_rays(const RayData<scalar_t, color_t>& d
       const DensityGradient<acc_t> g = sample_density_gradient<acc_t>(
           v[i], static_cast<acc_t>(ray.density[i * ray.density_stride]), sample_interval(ray, i, norm), beta,
           opt.sdf_mode);
-      if (b.grad_density) b.grad_density[r * S + i] = static_cast<scalar_t>(g.density);
+      if (b.grad_density) *b.density_at(r, i) = static_cast<scalar_t>(g.density);
       grad_beta += g.beta;
     }
   }
@@ -160,14 +148,7 @@ struct BackwardImpl {
   static void run(const VolumeRenderInputs& in, RenderOptions opt, const BackwardTensors& t) {
     const RayData<scalar_t, color_t> d = ray_data_of<scalar_t, color_t>(in);
     const scalar_t beta = in.beta.defined() ? *in.beta.const_data_ptr<scalar_t>() : scalar_t(1);
-    const BackwardBuffers<scalar_t, color_t> b{
-        t.grad_rgb_map.defined() ? t.grad_rgb_map.const_data_ptr<color_t>() : nullptr,
-        t.grad_feature_map.defined() ? t.grad_feature_map.const_data_ptr<color_t>() : nullptr,
-        t.grad_weights.defined() ? t.grad_weights.const_data_ptr<scalar_t>() : nullptr,
-        t.write_density ? t.grad_density.mutable_data_ptr<scalar_t>() : nullptr,
-        t.write_rgb ? t.grad_rgb.mutable_data_ptr<color_t>() : nullptr,
-        t.write_features ? t.grad_features.mutable_data_ptr<color_t>() : nullptr,
-        t.want_beta};
+    const GradientPointers<scalar_t, color_t> b = gradient_pointers_of<scalar_t, color_t>(t);
     // Fixed blocks (independent of the thread count) keep dL/dbeta bitwise reproducible.
     const int64_t num_blocks = std::min<int64_t>(in.rays, 256);
     const int64_t rays_per_block = (in.rays + num_blocks - 1) / num_blocks;
@@ -187,6 +168,10 @@ struct BackwardImpl {
 };
 
 }  // namespace
+
+void run_volume_render_backward_cpu(const VolumeRenderInputs& in, const RenderOptions& opt, const BackwardTensors& t) {
+  dispatch_dtypes<BackwardImpl>(in, in, opt, t);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_cpu(
     const at::Tensor& density, const at::Tensor& rgb, const std::optional<at::Tensor>& features,
@@ -211,29 +196,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_bac
     const std::optional<at::Tensor>& beta, bool force_background, int64_t rgb_activation,
     std::array<bool, 4> output_mask) {
   const VolumeRenderInputs in = make_volume_render_inputs(density, rgb, features, z_vals, ray_norm, beta);
-  const at::Tensor g_rgb = contiguous_or_undefined(grad_rgb_map);
-  const at::Tensor g_features = in.features.defined() ? contiguous_or_undefined(grad_feature_map) : at::Tensor();
-  const at::Tensor g_weights = contiguous_or_undefined(grad_weights);
-  const bool want_features = output_mask[2] && in.features.defined();
-  const bool want_beta = output_mask[3] && in.beta.defined();
-  at::Tensor grad_density = output_mask[0] ? at::empty({in.rays, in.samples}, in.density.options())
-                                           : at::empty({0}, in.density.options());
-  at::Tensor grad_rgb = output_mask[1] ? (g_rgb.defined() ? at::empty({in.rays, in.samples, 3}, in.rgb.options())
-                                                          : at::zeros({in.rays, in.samples, 3}, in.rgb.options()))
-                                       : at::empty({0}, in.rgb.options());
-  at::Tensor grad_features =
-      want_features ? (g_features.defined() ? at::empty({in.rays, in.samples, in.channels}, in.features.options())
-                                            : at::zeros({in.rays, in.samples, in.channels}, in.features.options()))
-                    : at::empty({0}, in.rgb.options());
-  at::Tensor grad_beta = at::zeros({want_beta ? 1 : 0}, in.density.options());
-  if (in.rays == 0) return {grad_density, grad_rgb, grad_features, grad_beta};
+  const BackwardTensors t = make_backward_tensors(in, grad_rgb_map, grad_feature_map, grad_weights, output_mask);
+  if (in.rays == 0) return {t.grad_density, t.grad_rgb, t.grad_features, t.grad_beta};
+  run_volume_render_backward_cpu(in, RenderOptions{in.beta.defined(), force_background, rgb_activation}, t);
+  return {t.grad_density, t.grad_rgb, t.grad_features, t.grad_beta};
+}
 
-  const RenderOptions opt{in.beta.defined(), force_background, rgb_activation};
-  const BackwardTensors t{g_rgb, g_features, g_weights, grad_density, grad_rgb, grad_features, grad_beta,
-                          output_mask[0], output_mask[1] && g_rgb.defined(), want_features && g_features.defined(),
-                          want_beta};
-  dispatch_dtypes<BackwardImpl>(in, in, opt, t);
-  return {grad_density, grad_rgb, grad_features, grad_beta};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_packed_cpu(
+    const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset, int64_t feature_offset, int64_t channels,
+    const at::Tensor& z_vals, const at::Tensor& ray_norm, const at::Tensor& beta, bool force_background) {
+  return packed_forward(&sdf_volume_render_cpu, raw, {rgb_offset, sdf_offset, feature_offset, channels}, z_vals,
+                        ray_norm, beta, force_background);
+}
+
+std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cpu(
+    const std::optional<at::Tensor>& grad_rgb_map, const std::optional<at::Tensor>& grad_feature_map,
+    const std::optional<at::Tensor>& grad_weights, const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset,
+    int64_t feature_offset, int64_t channels, const at::Tensor& z_vals, const at::Tensor& ray_norm,
+    const at::Tensor& beta, bool force_background, std::array<bool, 2> output_mask) {
+  return packed_backward(&run_volume_render_backward_cpu, grad_rgb_map, grad_feature_map, grad_weights, raw,
+                         {rgb_offset, sdf_offset, feature_offset, channels}, z_vals, ray_norm, beta, force_background,
+                         output_mask);
 }
 
 }  // namespace stylesdf_fast

@@ -19,7 +19,7 @@ enum RgbActivation : int64_t { kSigmoidPm1 = 0, kSigmoid = 1, kIdentity = 2 };
 
 template <typename acc_t>
 SSDF_HOST_DEVICE inline acc_t sigmoid_of(acc_t x) {
-  return acc_t(1) / (acc_t(1) + ::exp(-x));
+  return acc_t(1) / (acc_t(1) + std::exp(-x));
 }
 
 // The colour a sample contributes per unit weight, before the final affine map (-1 + 2 * sum for
@@ -75,7 +75,7 @@ SSDF_HOST_DEVICE inline void ray_weights(const RaySamples<scalar_t>& ray, acc_t 
   acc_t sum_but_last = acc_t(0);
   for (int64_t i = 0; i < ray.count; ++i) {
     const acc_t sigma = sample_sigma(static_cast<acc_t>(ray.density[i * ray.density_stride]), beta, sdf_mode);
-    const acc_t a = acc_t(1) - ::exp(-sigma * sample_interval(ray, i, ray_norm));
+    const acc_t a = acc_t(1) - std::exp(-sigma * sample_interval(ray, i, ray_norm));
     const acc_t w = a * t;
     if (alpha) alpha[i] = a;
     if (transmittance) transmittance[i] = t;
@@ -116,7 +116,7 @@ template <typename acc_t>
 SSDF_HOST_DEVICE inline DensityGradient<acc_t> sample_density_gradient(acc_t grad_alpha, acc_t raw, acc_t delta,
                                                                        acc_t beta, bool sdf_mode) {
   const acc_t sigma = sample_sigma(raw, beta, sdf_mode);
-  const acc_t grad_sigma = grad_alpha * delta * ::exp(-sigma * delta);  // dalpha/dsigma = delta exp(-sigma delta)
+  const acc_t grad_sigma = grad_alpha * delta * std::exp(-sigma * delta);  // dalpha/dsigma = delta exp(-sigma delta)
   if (!sdf_mode) return {grad_sigma, acc_t(0)};
   const acc_t q = sigmoid_of(-raw / beta);
   const acc_t q_slope = q * (acc_t(1) - q);
@@ -153,6 +153,34 @@ struct RenderOptions {
   bool sdf_mode;
   bool force_background;
   int64_t activation;
+};
+
+
+// Upstream gradients (null when absent) and the input gradients to write (null when not wanted).
+// The input gradients may be strided views (one [R, S, K] buffer for the packed layout), with a unit
+// stride along their channels.
+template <typename scalar_t, typename color_t>
+struct GradientPointers {
+  const color_t* grad_rgb_map;      // [R, 3]
+  const color_t* grad_feature_map;  // [R, C]
+  const scalar_t* grad_weights;     // [R, S]
+  scalar_t* grad_density;           // [R, S]
+  int64_t density_ray_stride, density_sample_stride;
+  color_t* grad_rgb;                // [R, S, 3]
+  int64_t rgb_ray_stride, rgb_sample_stride;
+  color_t* grad_features;           // [R, S, C]
+  int64_t feature_ray_stride, feature_sample_stride;
+  bool want_beta;
+
+  SSDF_HOST_DEVICE scalar_t* density_at(int64_t r, int64_t i) const {
+    return grad_density + r * density_ray_stride + i * density_sample_stride;
+  }
+  SSDF_HOST_DEVICE color_t* rgb_at(int64_t r, int64_t i) const {
+    return grad_rgb + r * rgb_ray_stride + i * rgb_sample_stride;
+  }
+  SSDF_HOST_DEVICE color_t* features_at(int64_t r, int64_t i) const {
+    return grad_features + r * feature_ray_stride + i * feature_sample_stride;
+  }
 };
 
 }  // namespace stylesdf_fast

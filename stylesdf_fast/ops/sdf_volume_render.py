@@ -59,6 +59,9 @@ def sdf_volume_render(
     sdf = sdf.to(z_vals.dtype)
     beta = beta.reshape(1).to(z_vals.dtype)
     if _extension.use_kernel(impl, OP, sdf.device):
+        packed = _packed_layout(sdf, rgb, features)
+        if packed is not None:
+            return _run_packed_kernel(packed, sdf.shape, z_vals, ray_norm, beta, force_background)
         return _run_kernel(sdf, rgb, features, z_vals, ray_norm, beta, force_background, "sigmoid_pm1")
     return reference.sdf_volume_render(sdf, rgb, features, z_vals, ray_norm, beta, force_background=force_background)
 
@@ -104,6 +107,50 @@ def _run_kernel(density, rgb, features, z_vals, ray_norm, beta, force_background
         rgb_map.reshape(*lead, 3),
         None if features is None else feature_map.reshape(*lead, features.shape[-1]),
         weights.reshape(*lead, samples),
+    )
+
+
+def _packed_layout(sdf, rgb, features):
+    """(raw [R, S, K], rgb_offset, sdf_offset, feature_offset, C) when sdf, rgb and features are
+    disjoint channel slices of one contiguous [..., S, K] tensor (how the SIREN network's output is
+    split), else None. Rendering from that tensor directly lets the backward write one gradient for
+    it, instead of autograd building a full-size zero gradient per slice and adding them up."""
+    if features is None or features.shape[-1] == 0 or torch.compiler.is_compiling():
+        return None
+    base = rgb._base
+    if base is None or sdf._base is not base or features._base is not base or not base.is_contiguous():
+        return None
+    if not (base.dtype == sdf.dtype == rgb.dtype) or base.requires_grad != any(
+            t.requires_grad for t in (sdf, rgb, features)):
+        return None
+    lead, samples, k = tuple(sdf.shape[:-1]), sdf.shape[-1], rgb.stride(-2)
+    rays = math.prod(lead)
+    if base.numel() != rays * samples * k or rgb.stride(-1) != 1 or features.stride(-1) != 1:
+        return None
+    expected = [samples * k] * len(lead)  # strides of the leading dims of a contiguous [*lead, S, K]
+    for d in range(len(lead) - 2, -1, -1):
+        expected[d] = expected[d + 1] * lead[d + 1]
+    for t, sample_stride in ((sdf, sdf.stride(-1)), (rgb, rgb.stride(-2)), (features, features.stride(-2))):
+        if sample_stride != k or any(t.stride(d) != expected[d] for d in range(len(lead)) if lead[d] > 1):
+            return None
+    offsets = [t.storage_offset() - base.storage_offset() for t in (rgb, sdf, features)]
+    ranges = sorted(zip(offsets, (3, 1, features.shape[-1])))
+    if ranges[0][0] < 0 or ranges[-1][0] + ranges[-1][1] > k:
+        return None
+    if any(start + count > next_start for (start, count), (next_start, _) in zip(ranges, ranges[1:])):
+        return None
+    return (base.view(rays, samples, k), *offsets, features.shape[-1])
+
+
+def _run_packed_kernel(packed, sdf_shape, z_vals, ray_norm, beta, force_background):
+    raw, rgb_offset, sdf_offset, feature_offset, channels = packed
+    lead, samples = sdf_shape[:-1], sdf_shape[-1]
+    rgb_map, feature_map, weights = torch.ops.stylesdf_fast.sdf_volume_render_packed(
+        raw, rgb_offset, sdf_offset, feature_offset, channels, z_vals.reshape(raw.shape[:2]),
+        ray_norm.reshape(raw.shape[0]), beta, force_background,
+    )
+    return VolumeRenderOutput(
+        rgb_map.reshape(*lead, 3), feature_map.reshape(*lead, channels), weights.reshape(*lead, samples)
     )
 
 
@@ -223,6 +270,44 @@ def _register() -> None:
             None,
             None,
         )
+
+    register_autograd(name, backward, setup_context=setup_context)
+    _register_packed()
+
+
+def _register_packed() -> None:
+    from torch.library import register_autograd, register_fake
+
+    name = "stylesdf_fast::sdf_volume_render_packed"
+    backward_name = "stylesdf_fast::sdf_volume_render_packed_backward"
+
+    @register_fake(name)
+    def _(raw, rgb_offset, sdf_offset, feature_offset, channels, z_vals, ray_norm, beta, force_background):
+        rays, samples = raw.shape[:2]
+        return raw.new_empty((rays, 3)), raw.new_empty((rays, channels)), raw.new_empty((rays, samples))
+
+    @register_fake(backward_name)
+    def _(grad_rgb_map, grad_feature_map, grad_weights, raw, rgb_offset, sdf_offset, feature_offset, channels,
+          z_vals, ray_norm, beta, force_background, output_mask):
+        return raw.new_empty(raw.shape if output_mask[0] else (0,)), raw.new_empty((1,) if output_mask[1] else (0,))
+
+    def setup_context(ctx, inputs, output):
+        raw, rgb_offset, sdf_offset, feature_offset, channels, z_vals, ray_norm, beta, force_background = inputs
+        ctx.layout = (rgb_offset, sdf_offset, feature_offset, channels)
+        ctx.force_background = force_background
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(raw, z_vals, ray_norm, beta)
+
+    def backward(ctx, grad_rgb_map, grad_feature_map, grad_weights):
+        raw, z_vals, ray_norm, beta = ctx.saved_tensors
+        output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[7]]
+        if not any(output_mask) or (grad_rgb_map is None and grad_feature_map is None and grad_weights is None):
+            return (None,) * 9
+        grad_raw, grad_beta = torch.ops.stylesdf_fast.sdf_volume_render_packed_backward(
+            grad_rgb_map, grad_feature_map, grad_weights, raw, *ctx.layout, z_vals, ray_norm, beta,
+            ctx.force_background, output_mask,
+        )
+        return (grad_raw if output_mask[0] else None,) + (None,) * 6 + (grad_beta if output_mask[1] else None, None)
 
     register_autograd(name, backward, setup_context=setup_context)
 
