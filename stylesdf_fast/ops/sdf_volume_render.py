@@ -55,7 +55,7 @@ def sdf_volume_render(
     rgb and features the same dtype as z_vals, or float16/bfloat16 (float32 math, outputs in their dtype).
     """
     _check_tensor_args(OP, "sdf", sdf, rgb, features, z_vals, ray_norm)
-    _check_beta(beta)
+    _check_beta(beta, sdf.device)
     sdf = sdf.to(z_vals.dtype)
     beta = beta.reshape(1).to(z_vals.dtype)
     if _extension.use_kernel(impl, OP, sdf.device):
@@ -201,11 +201,14 @@ def _check_tensor_args(op, density_name, density, rgb, features, z_vals, ray_nor
                              f"is computed for it); pass {name}.detach()")
 
 
-def _check_beta(beta) -> None:
+def _check_beta(beta, device: torch.device) -> None:
     if not isinstance(beta, torch.Tensor):
         raise TypeError(f"{OP}: beta must be a one-element torch.Tensor, got {type(beta).__name__}")
     if not beta.is_floating_point():
         raise TypeError(f"{OP}: beta must be a floating-point tensor, got dtype {beta.dtype}")
+    if beta.device != device:
+        raise ValueError(f"{OP}: beta is on device {beta.device} but sdf is on device {device}; "
+                         "move them to the same device")
     if beta.numel() != 1:
         raise ValueError(f"{OP}: beta must have exactly one element, got shape {tuple(beta.shape)}")
     if not torch.compiler.is_compiling():
