@@ -89,11 +89,7 @@ at::Tensor fused_leaky_relu_cuda(const at::Tensor& input_arg, const std::optiona
 std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cuda(const at::Tensor& grad_output_arg,
                                                                   const at::Tensor& output_arg, double negative_slope,
                                                                   double scale, bool bias_grad) {
-  check_fused_leaky_relu_args(output_arg, negative_slope, scale);
-  TORCH_CHECK(grad_output_arg.sizes() == output_arg.sizes(), "fused_leaky_relu_backward: grad_output shape ",
-              grad_output_arg.sizes(), " differs from output shape ", output_arg.sizes());
-  TORCH_CHECK(grad_output_arg.scalar_type() == output_arg.scalar_type(),
-              "fused_leaky_relu_backward: grad_output dtype differs from output dtype");
+  check_backward_args(grad_output_arg, output_arg, negative_slope, scale);
   const c10::cuda::CUDAGuard device_guard(output_arg.device());
   const ChannelLayout layout = channel_layout_of(output_arg);
   const at::Tensor output = dense_in(output_arg, layout.format);

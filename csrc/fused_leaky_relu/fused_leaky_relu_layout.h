@@ -38,6 +38,15 @@ inline void check_fused_leaky_relu_args(const at::Tensor& input, double negative
   TORCH_CHECK(scale > 0.0, "fused_leaky_relu: scale must be > 0, got ", scale);
 }
 
+inline void check_backward_args(const at::Tensor& grad_output, const at::Tensor& output, double negative_slope,
+                                double scale) {
+  check_fused_leaky_relu_args(output, negative_slope, scale);
+  TORCH_CHECK(grad_output.sizes() == output.sizes(), "fused_leaky_relu_backward: grad_output shape ",
+              grad_output.sizes(), " differs from output shape ", output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == output.scalar_type(),
+              "fused_leaky_relu_backward: grad_output dtype differs from output dtype");
+}
+
 inline void check_bias(const at::Tensor& input, const at::Tensor& bias) {
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == input.size(1), "fused_leaky_relu: bias must have shape [",
               input.size(1), "], got ", bias.sizes());

@@ -167,6 +167,16 @@ inline BackwardTensors make_backward_tensors(const VolumeRenderInputs& in,
   return t;
 }
 
+// The forward's outputs: rgb_map [R, 3], feature_map [R, C] (C = 0 without features), weights [R, S].
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> make_forward_outputs(const VolumeRenderInputs& in,
+                                                                           int64_t rgb_activation) {
+  TORCH_CHECK(rgb_activation >= kSigmoidPm1 && rgb_activation <= kIdentity,
+              "sdf_volume_render: unknown rgb_activation ", rgb_activation);
+  return {at::empty({in.rays, 3}, in.rgb.options()),
+          at::empty({in.rays, in.channels}, in.features.defined() ? in.features.options() : in.rgb.options()),
+          at::empty({in.rays, in.samples}, in.density.options())};
+}
+
 // The backward over all rays for one device; the outputs in `t` are already allocated.
 void run_volume_render_backward_cpu(const VolumeRenderInputs& in, const RenderOptions& opt, const BackwardTensors& t);
 #ifdef WITH_CUDA

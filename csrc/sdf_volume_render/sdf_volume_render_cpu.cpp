@@ -178,11 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdf_volume_render_cpu(
     const at::Tensor& z_vals, const at::Tensor& ray_norm, const std::optional<at::Tensor>& beta,
     bool force_background, int64_t rgb_activation) {
   const VolumeRenderInputs in = make_volume_render_inputs(density, rgb, features, z_vals, ray_norm, beta);
-  TORCH_CHECK(rgb_activation >= 0 && rgb_activation <= 2, "sdf_volume_render: unknown rgb_activation ", rgb_activation);
-  at::Tensor rgb_map = at::empty({in.rays, 3}, in.rgb.options());
-  at::Tensor feature_map =
-      at::empty({in.rays, in.channels}, in.features.defined() ? in.features.options() : in.rgb.options());
-  at::Tensor weights = at::empty({in.rays, in.samples}, in.density.options());
+  auto [rgb_map, feature_map, weights] = make_forward_outputs(in, rgb_activation);
   if (in.rays == 0) return {rgb_map, feature_map, weights};
   const RenderOptions opt{in.beta.defined(), force_background, rgb_activation};
   dispatch_dtypes<ForwardImpl>(in, in, opt, rgb_map, feature_map, weights);
