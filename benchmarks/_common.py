@@ -5,6 +5,7 @@
 - peak memory:     `peak_memory` (bytes allocated by torch during one step, above what was held before)
 - copy bandwidth:  `copy_bandwidth` (the machine's reference GB/s, measured in the same run)
 - reporting:       `print_table`, `environment_metadata`, `write_json`
+- extension:       `extension_file_info` (which compiled library was measured), `torch_op_available`
 
 Peak-memory method
 ------------------
@@ -226,6 +227,40 @@ def copy_bandwidth(device, *, size_mib: int = 256, repeats: int = 10, max_second
     result["gb_per_s"] = result["clone"]["gb_per_s"]
     del x, y
     return result
+
+
+# --- compiled extension ---------------------------------------------------------------------------
+
+def extension_file_info(module: str = "stylesdf_fast._C") -> Dict[str, object]:
+    """Which compiled library was measured: path, modification time (UTC) and SHA-256 of `module`'s
+    file (the extension can be rebuilt in place between or during runs). {"file": None} when absent."""
+    import hashlib
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        return {"file": None}
+    path = Path(spec.origin)
+    try:
+        stat = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return {"file": str(path)}
+    mtime = _dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+    return {"file": str(path), "file_mtime": mtime, "file_sha256": digest}
+
+
+def torch_op_available(namespace: str, name: str) -> bool:
+    """Whether torch.ops.<namespace>.<name> is registered in this process (False, never an error,
+    when the namespace or the op is missing)."""
+    try:
+        getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 # --- environment ----------------------------------------------------------------------------------

@@ -690,49 +690,64 @@ def test_cpu_and_cuda_density_mode_agree(rgb_activation):
     check_same((out_cuda, {k: v.cpu() for k, v in grads_cuda.items()}), cpu)
 
 
-# --- the packed layout (views of one network output) ----------------------------------------------
+# --- the packed layout: StyleSDF's network output [..., S, 4 + C] --------------------------------------
 
-def _raw_views(raw):
-    return raw[..., 3], raw[..., :3], raw[..., 4:]
+def _packed_raw(inputs):
+    parts = [inputs["rgb"], inputs["sdf"][..., None]] + ([inputs["features"]] if inputs["features"] is not None else [])
+    return torch.cat(parts, -1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_views_of_one_output_use_the_packed_op_and_one_gradient(device):
-    """Slices of one contiguous [..., S, 4 + C] tensor are rendered from that tensor (the backward
-    writes one gradient for it, not one full-size gradient per slice)."""
-    inputs = make_inputs((2, 3), 6, 5, device=device)
-    raw = torch.cat([inputs["rgb"], inputs["sdf"][..., None], inputs["features"]], -1)
-    args = (inputs["z_vals"], inputs["ray_norm"])
+@pytest.mark.parametrize("channels", [None, 1, 5])
+@pytest.mark.parametrize("force_background", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed_batch"])
+def test_raw_layout_op_matches_reference(device, channels, force_background, layout):
+    """sdf_volume_render_raw renders from the packed tensor and writes one gradient for it."""
+    inputs = make_inputs((2, 3), 6, channels, device=device)
+    raw = _packed_raw(inputs)
+    z_vals, ray_norm = inputs["z_vals"], inputs["ray_norm"]
+    if layout == "transposed_batch":  # a non-viewable [R, S, K] reshape: the op copies, gradients still flow
+        raw, z_vals, ray_norm = raw.transpose(0, 1), z_vals.transpose(0, 1), ray_norm.transpose(0, 1)
     results = []
     for impl in ("kernel", "reference"):
         r, beta = leaf(raw), leaf(inputs["beta"])
-        out = ops.sdf_volume_render(*_raw_views(r), *args, beta, force_background=True, impl=impl)
-        if impl == "kernel":
-            assert "sdf_volume_render_packed" in str(out.rgb.grad_fn.next_functions[0][0].name())
-        loss = out.rgb.square().sum() + (out.features * 2).sum() + (out.weights * inputs["z_vals"]).sum()
-        results.append((out.rgb, out.features, out.weights) + torch.autograd.grad(loss, (r, beta)))
+        out = ops.sdf_volume_render_raw(r, z_vals, ray_norm, beta, force_background=force_background, impl=impl)
+        assert (out.features is None) == (channels is None)
+        loss = out.rgb.square().sum() + (out.weights * z_vals).sum()
+        if out.features is not None:
+            loss = loss + (out.features * 2).sum()
+        results.append((out.rgb, out.weights) + torch.autograd.grad(loss, (r, beta)))
     for k, ref in zip(*results):
         assert_close(k, ref)
 
 
-@pytest.mark.parametrize(
-    "make_raw",
-    [
-        lambda t: t.transpose(0, 1).contiguous().transpose(0, 1),  # non-contiguous base: the plain op
-        lambda t: torch.cat([t, torch.randn_like(t[..., :2])], -1),  # extra unused channels: zero gradient
-    ],
-    ids=["non_contiguous_base", "extra_channels"],
-)
-def test_packed_detection_falls_back_or_zero_fills(make_raw):
-    inputs = make_inputs((3, 2), 4, 3)
-    raw = make_raw(torch.cat([inputs["rgb"], inputs["sdf"][..., None], inputs["features"]], -1))
-    results = []
-    for impl in ("kernel", "reference"):
-        r = leaf(raw)
-        out = ops.sdf_volume_render(*_raw_views(r)[:2], r[..., 4:7], inputs["z_vals"], inputs["ray_norm"],
-                                    inputs["beta"], impl=impl)
-        results.append(torch.autograd.grad(out.rgb.sum() + out.features.square().sum(), r))
-    assert_close(results[0][0], results[1][0])
+def test_raw_layout_uses_the_packed_op():
+    inputs = make_inputs((4,), 5, 3)
+    out = ops.sdf_volume_render_raw(leaf(_packed_raw(inputs)), inputs["z_vals"], inputs["ray_norm"], inputs["beta"],
+                                    impl="kernel")
+    assert "sdf_volume_render_packed" in out.rgb.grad_fn.next_functions[0][0].name()
+
+
+def test_slices_stay_in_the_graph():
+    """Passing slices of one tensor keeps the slices differentiable on their own (no silent rerouting)."""
+    inputs = make_inputs((3,), 4, 2)
+    raw = leaf(_packed_raw(inputs))
+    sdf, rgb, features = raw[..., 3], raw[..., :3], raw[..., 4:]
+    out = ops.sdf_volume_render(sdf, rgb, features, inputs["z_vals"], inputs["ray_norm"], inputs["beta"], impl="kernel")
+    grads = torch.autograd.grad(out.rgb.sum() + out.features.sum(), (sdf, rgb, features))
+    assert [g.shape for g in grads] == [sdf.shape, rgb.shape, features.shape]
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (lambda raw: raw[..., :3], ValueError, ["raw", "4 + C"]),
+    (lambda raw: raw.float(), TypeError, ["raw", "z_vals"]),
+])
+def test_raw_layout_bad_input(bad, error, words):
+    inputs = make_inputs((2,), 3, 2)
+    with pytest.raises(error) as info:
+        ops.sdf_volume_render_raw(bad(_packed_raw(inputs)), inputs["z_vals"], inputs["ray_norm"], inputs["beta"])
+    for word in words:
+        assert word in str(info.value)
 
 
 def test_opcheck_packed():

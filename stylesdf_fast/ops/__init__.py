@@ -1,7 +1,12 @@
 """Public ops: validation, dispatch between the compiled kernels and the pure-PyTorch reference,
 autograd and fake kernels for torch.compile. Every op takes impl="auto" | "kernel" | "reference"."""
 from .fused_leaky_relu import FusedLeakyReLU, fused_leaky_relu
-from .sdf_volume_render import VolumeRenderOutput, density_volume_render, sdf_volume_render
+from .sdf_volume_render import (
+    VolumeRenderOutput,
+    density_volume_render,
+    sdf_volume_render,
+    sdf_volume_render_raw,
+)
 from .upfirdn2d import (
     Blur,
     Downsample,
@@ -25,6 +30,7 @@ __all__ = [
     "Downsample",
     "Blur",
     "sdf_volume_render",
+    "sdf_volume_render_raw",
     "density_volume_render",
     "VolumeRenderOutput",
 ]

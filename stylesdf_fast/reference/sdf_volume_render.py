@@ -36,6 +36,20 @@ def sdf_volume_render(
                                  force_background=force_background)
 
 
+def sdf_volume_render_raw(
+    raw: torch.Tensor,  # [..., S, 4 + C]: rgb logits (3), sdf (1), features (C)
+    z_vals: torch.Tensor,  # [..., S]
+    ray_norm: torch.Tensor,  # [...]
+    beta: torch.Tensor,  # one element
+    *,
+    force_background: bool = False,
+) -> VolumeRenderOutput:
+    """StyleSDF's volume_integration of its packed network output."""
+    features = raw[..., 4:] if raw.shape[-1] > 4 else None
+    return sdf_volume_render(raw[..., 3], raw[..., :3], features, z_vals, ray_norm, beta,
+                             force_background=force_background)
+
+
 def density_volume_render(
     sigma: torch.Tensor,  # [..., S] non-negative densities
     rgb: torch.Tensor,  # [..., S, 3]
