@@ -241,26 +241,6 @@ def evaluate_targets(rows: List[Dict[str, object]], device_type: str) -> List[Di
     return targets
 
 
-def extension_file_info() -> Dict[str, object]:
-    """Which compiled library was measured: path, modification time and SHA-256 (the extension can be
-    rebuilt in place between runs)."""
-    import datetime
-    import hashlib
-    import importlib.util
-
-    spec = importlib.util.find_spec("stylesdf_fast._C")
-    if spec is None or not spec.origin:
-        return {"file": None}
-    path = Path(spec.origin)
-    try:
-        stat = path.stat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return {"file": str(path)}
-    mtime = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
-    return {"file": str(path), "file_mtime": mtime, "file_sha256": digest}
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default=_common.default_device())
@@ -303,7 +283,7 @@ def main(argv=None) -> int:
     print(f"ops_speed: device {device} ({env['device_name']}), torch {env['torch']}, "
           f"{env['torch_threads']} threads, {'quick' if args.quick else 'full'} run, "
           f"load average at start {env['load_average_1_5_15']}")
-    ext_file = extension_file_info()
+    ext_file = _common.extension_file_info()
     print(f"extension: loaded={ext.loaded} cuda={ext.cuda} built_with_torch={ext.built_with_torch} "
           f"file mtime {ext_file.get('file_mtime')} sha256 {str(ext_file.get('file_sha256'))[:12]} {ext.reason}")
 
@@ -332,7 +312,7 @@ def main(argv=None) -> int:
 
     # the targets are defined for the full-size work; a --quick smoke run only checks that it all runs
     targets = [] if args.quick else evaluate_targets(rows, device.type)
-    ext_file_after = extension_file_info()
+    ext_file_after = _common.extension_file_info()
     extension_changed = ext_file_after.get("file_sha256") != ext_file.get("file_sha256")
     if extension_changed:
         print("warning: the compiled extension file changed on disk during the run (rebuilt?); this process "
