@@ -6,6 +6,7 @@
 - copy bandwidth:  `copy_bandwidth` (the machine's reference GB/s, measured in the same run)
 - reporting:       `print_table`, `environment_metadata`, `write_json`
 - extension:       `extension_file_info` (which compiled library was measured), `torch_op_available`
+- profiling:       `profile_top_ops` (one step under torch.profiler: the ops with the most self CPU time)
 
 Peak-memory method
 ------------------
@@ -206,6 +207,80 @@ def measure_step(
                            max_seconds=max_seconds, min_repeats=min_repeats)
         peak = peak_memory(step, device=device, setup=setup)
     return {**timing, "peak_bytes": peak, "peak_mib": peak / MIB}
+
+
+# --- profiler breakdown ---------------------------------------------------------------------------
+
+def profile_top_ops(
+    step: Callable[[], object],
+    *,
+    device,
+    setup: Optional[Callable[[], None]] = None,
+    row_limit: int = 10,
+    group_substrings: Sequence[str] = (),
+) -> Dict[str, object]:
+    """One call of `step()` (after `setup()`, untimed) under torch.profiler (CPU activity, plus CUDA on a
+    GPU; no memory or shape recording): the `row_limit` ops with the most self CPU time.
+
+    Returns {"wall_ms" (the profiled call, profiler overhead included), "total_self_cpu_ms" (the sum
+    over all ops: the CPU time the step's ops spent, on the calling and autograd threads), "ops" (the
+    number of distinct op names), "top_self_cpu_pct" (the share of the rows), "rows": [{"op", "calls",
+    "self_cpu_ms", "self_cpu_pct", "cpu_total_ms"} (+ "self_device_ms" on CUDA)], "groups": {prefix:
+    {"self_cpu_ms", "self_cpu_pct", "calls"}} for each of `group_substrings` (the ops whose name contains it)}.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    if setup is not None:
+        setup()
+    synchronize(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        result = step()
+        del result
+        synchronize(device)
+    wall = time.perf_counter() - start
+    averages = list(prof.key_averages())
+    total = sum(event.self_cpu_time_total for event in averages)  # microseconds
+
+    def pct(value):
+        return 100.0 * value / total if total else None
+
+    def self_device_us(event):
+        for name in ("self_device_time_total", "self_cuda_time_total"):
+            value = getattr(event, name, None)
+            if value is not None:
+                return value
+        return None
+
+    rows: List[Dict[str, object]] = []
+    ranked = sorted(averages, key=lambda event: event.self_cpu_time_total, reverse=True)
+    for event in ranked[:max(row_limit, 0)]:
+        row: Dict[str, object] = {
+            "op": event.key, "calls": event.count, "self_cpu_ms": event.self_cpu_time_total / 1e3,
+            "self_cpu_pct": pct(event.self_cpu_time_total), "cpu_total_ms": event.cpu_time_total / 1e3,
+        }
+        if device.type == "cuda":
+            value = self_device_us(event)
+            row["self_device_ms"] = None if value is None else value / 1e3
+        rows.append(row)
+    groups: Dict[str, object] = {}
+    for text in group_substrings:
+        members = [event for event in averages if text in event.key]
+        self_us = sum(event.self_cpu_time_total for event in members)
+        groups[text] = {"self_cpu_ms": self_us / 1e3, "self_cpu_pct": pct(self_us),
+                          "calls": sum(event.count for event in members)}
+    return {
+        "wall_ms": wall * 1e3,
+        "total_self_cpu_ms": total / 1e3,
+        "ops": len(averages),
+        "top_self_cpu_pct": pct(sum(event.self_cpu_time_total for event in ranked[:max(row_limit, 0)])),
+        "rows": rows,
+        "groups": groups,
+    }
 
 
 # --- copy bandwidth -------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Speed, peak memory and bandwidth of the fused volume renderer `sdf_volume_render` (impl="kernel")
-against its pure-PyTorch reference (impl="reference"), on StyleSDF-sized work, with pass/fail targets.
+against its pure-PyTorch reference (impl="reference"), on StyleSDF-sized work, and end to end of the
+StyleSDF generator with every fused op as kernel vs reference, with pass/fail targets.
 
     python benchmarks/render_speed.py [--device cpu|cuda] [--repeats N] [--json PATH] [--quick]
-                                      [--cases train_stage1,video,surface] [--threads N] [--max-seconds S]
+                                      [--cases train_stage1,video,surface,e2e_stage1_step,...]
+                                      [--no-end-to-end] [--e2e-batch B] [--e2e-repeats N]
+                                      [--threads N] [--max-seconds S]
 
-This is the op-level section. An end-to-end section (the StyleSDF models rendering and training with
-the fused op against the reference) will be added later.
+Two sections, both run by default: the op-level section (the op alone, below) and the end-to-end
+section (the models, further below; --no-end-to-end skips it). --cases selects from both.
+--quick runs every case at tiny shapes (a smoke test; no targets evaluated).
 
-Cases (float32; R rays, S samples per ray, C feature channels):
+Op-level cases (float32; R rays, S samples per ray, C feature channels):
   train_stage1  4 images of 64x64 rays (R = 16384), S = 24, C = 256: the first training stage.
                 The SDF network's packed output raw [4, 64, 64, 24, 4 + C] (rgb = raw[..., :3],
                 sdf = raw[..., 3], features = raw[..., 4:]) requires grad, and so does beta. Both
@@ -55,12 +59,59 @@ Byte model (KERNELS.md section 1: minimal traffic per ray, fp32):
   (The weights output and ray_norm are not counted, as in KERNELS.md; they matter only when C is
   small, e.g. `surface`, whose GB/s is therefore a slight underestimate.)
 
-Targets (reported, never an exit status), all on train_stage1 forward_backward:
+Op-level targets (reported, never an exit status), all on train_stage1 forward_backward:
   cpu:  kernel >= 4x faster than the reference; reference peak extra memory (beyond the returned
         tensors) >= 3x the kernel's;
         kernel achieved bandwidth >= 50% of the copy (clone) bandwidth.
   cuda: kernel achieved bandwidth >= 70% of the copy (clone) bandwidth; kernel >= 3x faster than
         the reference.
+
+End-to-end section
+------------------
+`stylesdf_fast.models.Generator(..., impl="kernel")` against `impl="reference"`: the impl switches
+every fused op the model uses (sdf_volume_render_raw, fused_leaky_relu, upfirdn2d) between our
+kernels and the pure-PyTorch reference ops. Both generators have identical weights (built under
+torch.manual_seed(0); the reference loads the kernel one's state_dict, noise buffers included) and
+get the same z [B, 256] and training-distribution cameras (generate_camera_params at the renderer's
+64 px, fixed seed). float32, on --device. B = --e2e-batch: default 1 on CPU (one stage-1 step at 4
+images takes ~45 s and > 20 GB on a 2-core CPU), 4 on CUDA (the official per-GPU batch).
+
+Cases (64x64 rays, S = 24 samples, SIREN depth 8 width 256, as the official models):
+  e2e_stage1_step    pass train_step: one stage-1 generator training step,
+                     Generator(full_pipeline=False, perturb=1.0) in train mode:
+                     out = g([z], c2w, focal, near, far, return_sdf=True, return_eikonal=True);
+                     loss = mean(thumb^2) (a stand-in for the adversarial term: the discriminator is
+                     not part of this benchmark) + 0.1 mean((|eikonal| - 1)^2) + 0.05 mean(exp(-100 |sdf|));
+                     loss.backward() (through the eikonal term's double backward). Untimed before
+                     each step: zero_grad(set_to_none=True) and torch.manual_seed (both impls draw the
+                     same depth jitter).
+  e2e_generate_256   pass generate: full-pipeline image generation, Generator(size=256) in eval mode,
+                     static_viewdirs=True, force_background=True, perturb=0, randomize_noise=False
+                     (the stored noise buffers), under torch.no_grad().
+  e2e_generate_1024  the same at 1024 px; batch 1 on CPU whatever --e2e-batch says.
+  --quick: the same three cases at tiny shapes (8x8 rays, S = 8, SIREN depth 2 width 32; images
+  of 16 and 32 px).
+
+Numbers per row, as for the op rows (_common.measure_step): median wall time over --e2e-repeats
+timed repeats (default 3 on CPU, 10 on CUDA, 2 with --quick; --max-seconds ends a measurement early
+once 3 are done), after warm-up (on CPU the profiled peak-memory call, which is the only warm-up for
+steps over 1 s; before it, the check call of each impl is an untimed first step too), speedup =
+reference median / kernel median, images/s = B / median, peak memory of one step (same method as
+above) and mem ratio = reference peak / kernel peak. Before timing, each case runs one step of each
+impl and records the largest |kernel - reference| with the largest |reference| for scale:
+train_step: thumbnail, sdf, eikonal term, loss, every parameter gradient (largest absolute
+difference, and the parameter with the largest relative one); generate: image and thumbnail.
+
+Profile: for e2e_stage1_step and e2e_generate_256 with impl="kernel", one more step under
+torch.profiler (CPU activity, + CUDA on a GPU), printed as the top 10 ops by self CPU time (calls,
+self CPU ms and %, CPU total ms; self CUDA ms on a GPU) with the share of our fused ops (op names
+containing "stylesdf_fast": the ops and their autograd nodes). The JSON stores these rows under
+end_to_end.cases[].profile.
+
+End-to-end targets (reported, never an exit status; not evaluated with --quick):
+  cpu and cuda: e2e_stage1_step kernel >= 1.3x faster than the reference;
+                e2e_generate_256 kernel >= 1.3x faster than the reference.
+  (e2e_generate_1024 is recorded only.)
 """
 from __future__ import annotations
 
@@ -71,7 +122,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (str(ROOT), str(Path(__file__).resolve().parent)):
@@ -84,9 +135,10 @@ import _common  # noqa: E402
 
 try:
     from stylesdf_fast.ops import sdf_volume_render_raw  # noqa: E402
+    from stylesdf_fast.models import Generator, generate_camera_params  # noqa: E402
     _IMPORT_ERROR: Optional[BaseException] = None
 except Exception as _error:  # noqa: BLE001 (reported by main with a hint)
-    sdf_volume_render_raw = None
+    sdf_volume_render_raw = Generator = generate_camera_params = None
     _IMPORT_ERROR = _error
 
 PASSES = ("forward", "forward_backward")
@@ -325,6 +377,342 @@ def evaluate_targets(rows: List[Dict[str, object]], device_type: str) -> List[Di
     return targets
 
 
+# --- end-to-end section: the StyleSDF generator with every fused op as kernel vs reference ----------
+
+E2E_CASE_NAMES = ("e2e_stage1_step", "e2e_generate_256", "e2e_generate_1024")
+E2E_SPEEDUP_TARGET = 1.3
+E2E_TARGET_CASES = ("e2e_stage1_step", "e2e_generate_256")
+E2E_STEP_SEED = 1234  # torch.manual_seed before every stage-1 step: both impls draw the same depth jitter
+E2E_PROFILE_ROWS = 10
+# our fused ops in a profile: "stylesdf_fast::<op>" and their autograd nodes
+# "GeneratedBackwardFor_stylesdf_fast_<op>..."
+FUSED_OP_MARK = "stylesdf_fast"
+# stand-in stage-1 loss weights (the adversarial term is replaced by mean(thumbnail^2), see the docstring)
+EIKONAL_WEIGHT, MIN_SURFACE_WEIGHT, MIN_SURFACE_SCALE = 0.1, 0.05, 100.0
+
+
+@dataclass
+class E2ECase:
+    name: str
+    pass_name: str  # "train_step" (forward, eikonal double backward, backward) or "generate" (no_grad)
+    batch: int
+    config: Dict[str, object]  # Generator keyword arguments besides impl
+    description: str
+    profile: bool = False  # also print a torch.profiler breakdown of the kernel impl
+    note: str = ""
+
+    @property
+    def train(self) -> bool:
+        return self.pass_name == "train_step"
+
+    @property
+    def render_res(self) -> int:
+        return int(self.config.get("renderer_spatial_output_dim", 64))
+
+    @property
+    def samples(self) -> int:
+        return int(self.config.get("n_samples", 24))
+
+    @property
+    def image_size(self) -> Optional[int]:
+        return int(self.config["size"]) if self.config.get("full_pipeline", True) else None
+
+
+def make_e2e_cases(quick: bool, device_type: str, batch: int) -> List[E2ECase]:
+    generate = dict(perturb=0.0, static_viewdirs=True, force_background=True)
+    if quick:
+        tiny = dict(renderer_spatial_output_dim=8, depth=2, width=32, n_samples=8)
+        return [
+            E2ECase("e2e_stage1_step", "train_step", batch,
+                    dict(full_pipeline=False, perturb=1.0, **tiny),
+                    f"stage-1 training step, {batch} x 8x8 rays, S=8, SIREN depth 2 width 32 (quick)", profile=True),
+            E2ECase("e2e_generate_256", "generate", batch, dict(size=16, **tiny, **generate),
+                    f"generation, {batch} x 16 px from 8x8 rays, S=8, SIREN depth 2 width 32 (quick)", profile=True),
+            E2ECase("e2e_generate_1024", "generate", 1, dict(size=32, **tiny, **generate),
+                    "generation, 1 x 32 px from 8x8 rays, S=8, SIREN depth 2 width 32 (quick)"),
+        ]
+    batch_1024 = 1 if device_type == "cpu" else batch
+    return [
+        E2ECase("e2e_stage1_step", "train_step", batch, dict(full_pipeline=False, perturb=1.0),
+                f"stage-1 generator step (train mode): {batch} x 64x64 rays, S=24, forward + eikonal "
+                f"(double backward) + backward of the stand-in loss", profile=True,
+                note="loss = mean(thumb^2) [stand-in for the adversarial term] + 0.1 mean((|eik| - 1)^2) "
+                     "+ 0.05 mean(exp(-100 |sdf|)); grads zeroed and torch.manual_seed set before each step (untimed)"),
+        E2ECase("e2e_generate_256", "generate", batch, dict(size=256, **generate),
+                f"full-pipeline generation at 256 px: {batch} x (64x64 rays, S=24, + StyleGAN2 decoder), "
+                f"eval, no_grad, static_viewdirs, force_background, perturb 0, randomize_noise=False",
+                profile=True),
+        E2ECase("e2e_generate_1024", "generate", batch_1024, dict(size=1024, **generate),
+                f"full-pipeline generation at 1024 px: {batch_1024} x (64x64 rays, S=24, + StyleGAN2 decoder), "
+                f"eval, no_grad, static_viewdirs, force_background, perturb 0, randomize_noise=False"),
+    ]
+
+
+def build_e2e_generators(case: E2ECase, device) -> Dict[str, "Generator"]:
+    """The kernel and reference generators with identical weights (the reference loads the kernel's
+    state_dict: parameters and the decoder's noise buffers), in train mode for a training step."""
+    torch.manual_seed(0)
+    models = {impl: Generator(**case.config, impl=impl) for impl in IMPLS}
+    models["reference"].load_state_dict(models["kernel"].state_dict())
+    for model in models.values():
+        model.to(device).train(case.train)
+    return models
+
+
+def make_e2e_inputs(case: E2ECase, device) -> Dict[str, torch.Tensor]:
+    """z [B, 256] and training-distribution cameras (focal for the renderer resolution), from a fixed seed."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    z = torch.randn(case.batch, 256, generator=generator).to(device)
+    cam = generate_camera_params(case.render_res, device, batch=case.batch, generator=generator)
+    return {"z": z, "c2w": cam.c2w, "focal": cam.focal, "near": cam.near, "far": cam.far}
+
+
+def stage1_forward_loss(model, inputs):
+    """(outputs (image None, thumb, sdf, eikonal), loss) of one stage-1 generator forward."""
+    out = model([inputs["z"]], inputs["c2w"], inputs["focal"], inputs["near"], inputs["far"],
+                return_sdf=True, return_eikonal=True)
+    _, thumb, sdf, eikonal = out
+    adversarial = thumb.pow(2).mean()  # stand-in: the discriminator is not part of this benchmark
+    eikonal_loss = (torch.linalg.vector_norm(eikonal, dim=-1) - 1).pow(2).mean()
+    min_surface = torch.exp(-MIN_SURFACE_SCALE * sdf.abs()).mean()
+    return out, adversarial + EIKONAL_WEIGHT * eikonal_loss + MIN_SURFACE_WEIGHT * min_surface
+
+
+def make_e2e_step(case: E2ECase, model, inputs) -> Tuple[Callable[[], object], Optional[Callable[[], None]]]:
+    """(step, setup): setup (untimed) zeroes the gradients and seeds the depth jitter."""
+    if case.train:
+        def setup():
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(E2E_STEP_SEED)
+
+        def step():
+            _, loss = stage1_forward_loss(model, inputs)
+            loss.backward()
+            return loss.detach()
+        return step, setup
+
+    def step():
+        with torch.no_grad():
+            return model([inputs["z"]], inputs["c2w"], inputs["focal"], inputs["near"], inputs["far"],
+                         randomize_noise=False)
+    return step, None
+
+
+def _diff_entry(k, r) -> Dict[str, object]:
+    return {"max_abs_diff": _max_abs_diff(k, r), "max_abs_reference": r.detach().abs().max().item()}
+
+
+def compare_e2e(case: E2ECase, models, inputs) -> Dict[str, object]:
+    """One step of each impl on the same weights, inputs and seed (also the first, untimed warm-up):
+    max |kernel - reference| of the outputs (train_step: thumbnail, sdf, eikonal term, loss and every
+    parameter gradient; generate: image and thumbnail)."""
+    result: Dict[str, object] = {}
+    try:
+        if case.train:
+            got = {}
+            for impl in IMPLS:
+                model = models[impl]
+                _, setup = make_e2e_step(case, model, inputs)
+                setup()
+                (_, thumb, sdf, eikonal), loss = stage1_forward_loss(model, inputs)
+                loss.backward()
+                grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+                got[impl] = {"thumbnail": thumb.detach(), "sdf": sdf.detach(), "eikonal": eikonal.detach(),
+                             "loss": loss.detach(), "grads": grads}
+                model.zero_grad(set_to_none=True)
+            k, r = got["kernel"], got["reference"]
+            for name in ("thumbnail", "sdf", "eikonal", "loss"):
+                result[name] = _diff_entry(k[name], r[name])
+            names = [name for name in r["grads"] if name in k["grads"]]
+            if names:
+                entries = {name: _diff_entry(k["grads"][name], r["grads"][name]) for name in names}
+                result["grad.all_params"] = {
+                    "max_abs_diff": max(e["max_abs_diff"] for e in entries.values()),
+                    "max_abs_reference": max(e["max_abs_reference"] for e in entries.values()),
+                    "params": len(names),
+                }
+                worst = max(entries, key=lambda name: _relative(entries[name]))
+                result["grad.worst_param"] = {**entries[worst], "param": worst}
+            missing = sorted(set(r["grads"]) ^ set(k["grads"]))
+            if missing:
+                result["grad.missing"] = {"max_abs_diff": None, "max_abs_reference": None, "params": missing}
+            del got
+        else:
+            outs = {}
+            for impl in IMPLS:
+                step, _ = make_e2e_step(case, models[impl], inputs)
+                outs[impl] = step()
+            (k_image, k_thumb), (r_image, r_thumb) = outs["kernel"], outs["reference"]
+            result["image"] = _diff_entry(k_image, r_image)
+            result["thumbnail"] = _diff_entry(k_thumb, r_thumb)
+            del outs
+    except Exception as error:  # noqa: BLE001 (reported, the timing goes on)
+        result["error"] = f"{type(error).__name__}: {error}"
+    gc.collect()
+    return result
+
+
+def _check_summary(check: Dict[str, object]) -> str:
+    if "error" in check:
+        return f"check: {check['error']}"
+    entries = {name: e for name, e in check.items() if e.get("max_abs_diff") is not None}
+    if not entries:
+        return "check: nothing compared"
+    worst = max(entries.items(), key=lambda item: _relative(item[1]))
+    return (f"check: largest max |kernel - reference| relative to max |reference|: {_relative(worst[1]):.3g} "
+            f"({worst[0]}{' ' + worst[1]['param'] if 'param' in worst[1] else ''}: "
+            f"{worst[1]['max_abs_diff']:.3g} of {worst[1]['max_abs_reference']:.3g})")
+
+
+def run_e2e_case(case: E2ECase, args, device) -> Tuple[List[Dict[str, object]], Dict, Optional[Dict]]:
+    """(rows kernel + reference, check, profile of the kernel impl or None)."""
+    rows: List[Dict[str, object]] = []
+    base = {"case": case.name, "pass": case.pass_name, "batch": case.batch, "image_size": case.image_size,
+            "rays": case.batch * case.render_res ** 2, "render_res": case.render_res, "samples": case.samples,
+            "grad_mode": case.train, "description": case.description}
+    try:
+        models = build_e2e_generators(case, device)
+        inputs = make_e2e_inputs(case, device)
+    except Exception as error:  # noqa: BLE001 (a failing case is reported, the run goes on)
+        message = f"{type(error).__name__}: {error}"
+        print(f"  {case.name:<18} setup failed: {message}", flush=True)
+        gc.collect()
+        return [{**base, "impl": impl, "error": message} for impl in IMPLS], {"error": message}, None
+    check = compare_e2e(case, models, inputs)
+    print(f"  {case.name:<18} {_check_summary(check)}", flush=True)
+    repeats = args.e2e_repeats
+    for impl in IMPLS:
+        row: Dict[str, object] = {**base, "impl": impl}
+        try:
+            step, setup = make_e2e_step(case, models[impl], inputs)
+            timing = _common.measure_step(step, device=device, repeats=repeats, warmup=args.warmup, setup=setup,
+                                          max_seconds=args.max_seconds, min_repeats=min(3, repeats))
+            row.update(timing)
+            row["images_per_s"] = case.batch / (timing["median_ms"] * 1e-3)
+            del step, setup
+        except Exception as error:  # noqa: BLE001
+            row["error"] = f"{type(error).__name__}: {error}"
+        models[impl].zero_grad(set_to_none=True)
+        gc.collect()
+        rows.append(row)
+        status = row.get("error") or f"{row['median_ms']:.1f} ms ({row['repeats']} repeats)"
+        print(f"  {case.name:<18} {case.pass_name:<10} {impl:<9} {status}", flush=True)
+    kernel_row, reference_row = rows
+    if "median_ms" in kernel_row and "median_ms" in reference_row:
+        kernel_row["speedup"] = reference_row["median_ms"] / kernel_row["median_ms"]
+    if kernel_row.get("peak_bytes") is not None and reference_row.get("peak_bytes") is not None:
+        kernel_row["mem_ratio"] = (reference_row["peak_bytes"] / kernel_row["peak_bytes"]
+                                   if kernel_row["peak_bytes"] > 0 else float("inf"))
+    profile = None
+    if case.profile:
+        try:
+            step, setup = make_e2e_step(case, models["kernel"], inputs)
+            profile = _common.profile_top_ops(step, device=device, setup=setup, row_limit=E2E_PROFILE_ROWS,
+                                              group_substrings=(FUSED_OP_MARK,))
+            profile["impl"] = "kernel"
+            del step, setup
+            print(f"  {case.name:<18} profiled one kernel step: {profile['wall_ms']:.1f} ms under the profiler",
+                  flush=True)
+        except Exception as error:  # noqa: BLE001
+            profile = {"impl": "kernel", "error": f"{type(error).__name__}: {error}"}
+            print(f"  {case.name:<18} profile failed: {profile['error']}", flush=True)
+    del models, inputs
+    gc.collect()
+    return rows, check, profile
+
+
+def evaluate_e2e_targets(rows: List[Dict[str, object]], device_type: str) -> List[Dict[str, object]]:
+    """kernel >= 1.3x faster than reference on e2e_stage1_step and e2e_generate_256 (CPU and CUDA alike);
+    same entries as evaluate_targets, and the same short "targets" string on the kernel rows."""
+    targets: List[Dict[str, object]] = []
+    if device_type not in ("cpu", "cuda"):
+        return targets
+    by_key = {(r["case"], r["impl"]): r for r in rows}
+    for case in E2E_TARGET_CASES:
+        kernel = by_key.get((case, "kernel"))
+        if kernel is None:
+            continue
+        value = kernel.get("speedup")
+        passed = value is not None and value >= E2E_SPEEDUP_TARGET
+        targets.append({"name": f"{case} {kernel['pass']} kernel >= {E2E_SPEEDUP_TARGET}x faster than reference",
+                        "case": case, "pass": kernel["pass"], "metric": "speedup", "value": value,
+                        "threshold": E2E_SPEEDUP_TARGET, "passed": bool(passed)})
+        kernel["targets"] = f"speed>={E2E_SPEEDUP_TARGET}x {'PASS' if passed else 'FAIL'}"
+    return targets
+
+
+def print_targets(targets: List[Dict[str, object]]) -> int:
+    for t in targets:
+        value = t["value"]
+        if value is None:
+            shown = "n/a"
+        elif t["metric"] in ("speedup", "mem_ratio", "extra_mem_ratio"):
+            shown = f"{value:.2f}x"
+        else:
+            shown = f"{value:.1f}%"
+        print(f"  [{'PASS' if t['passed'] else 'FAIL'}] {t['name']}: {shown}")
+    passed = sum(t["passed"] for t in targets)
+    print(f"  {passed}/{len(targets)} targets met")
+    return passed
+
+
+def print_e2e_report(cases: List[E2ECase], rows, checks, profiles, device_type: str) -> None:
+    print()
+    print("end-to-end (stylesdf_fast.models.Generator, every fused op impl=\"kernel\" vs impl=\"reference\", "
+          "identical weights and inputs):")
+    columns = [
+        ("case", "case", ""), ("pass", "pass", ""), ("impl", "impl", ""), ("batch", "batch", ""),
+        ("median_ms", "median ms", ".1f"), ("speedup", "speedup", ".2f"), ("images_per_s", "images/s", ".3g"),
+        ("peak_mib", "peak MiB", ".1f"), ("mem_ratio", "mem ratio", ".2f"), ("repeats", "n", ""),
+        ("targets", "targets", ""),
+    ]
+    _common.print_table(rows, columns)
+    for r in rows:
+        if r.get("error"):
+            print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")
+    for case in cases:
+        print(f"case {case.name}: {case.description}")
+        if case.note:
+            print(f"note: {case.name}: {case.note}")
+        check = checks[case.name]
+        if "error" in check:
+            print(f"  check: {check['error']}")
+        else:
+            parts = []
+            for name, c in check.items():
+                if c.get("max_abs_diff") is None:
+                    parts.append(f"{name} {c.get('params')}")
+                    continue
+                label = f"{name} ({c['param']})" if "param" in c else name
+                parts.append(f"{label} {c['max_abs_diff']:.2g} of {c['max_abs_reference']:.2g}")
+            print("  check max |kernel - reference| (of max |reference|): " + ", ".join(parts))
+    for case in cases:
+        profile = profiles.get(case.name)
+        if profile is None:
+            continue
+        print()
+        if "error" in profile:
+            print(f"profile {case.name} (kernel): {profile['error']}")
+            continue
+        print(f"profile {case.name} (impl=kernel, one {case.pass_name} under torch.profiler: "
+              f"{profile['wall_ms'] / 1e3:.3g} s wall, {profile['total_self_cpu_ms'] / 1e3:.3g} s self CPU over "
+              f"{profile['ops']} ops): top {len(profile['rows'])} ops by self CPU time")
+        columns = [("op", "op", ""), ("calls", "calls", ""), ("self_cpu_ms", "self CPU ms", ".1f"),
+                   ("self_cpu_pct", "self CPU %", ".1f"), ("cpu_total_ms", "CPU total ms", ".1f")]
+        if device_type == "cuda":
+            columns.append(("self_device_ms", "self CUDA ms", ".2f"))
+        _common.print_table(profile["rows"], columns)
+        fused = profile["groups"].get(FUSED_OP_MARK, {})
+        print(f"  top {len(profile['rows'])}: {_pct(profile['top_self_cpu_pct'])} of self CPU time; "
+              f"our fused ops (names containing {FUSED_OP_MARK!r}: the ops and their autograd nodes): "
+              f"{_pct(fused.get('self_cpu_pct'))} ({fused.get('self_cpu_ms', 0.0):.1f} ms self CPU, "
+              f"{fused.get('calls', 0)} calls)")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
 def max_rss_mib() -> Optional[float]:
     try:
         import resource
@@ -347,7 +735,17 @@ def parse_args(argv=None):
                              "(default 3; keeps slow CPU references short)")
     parser.add_argument("--json", default=None, help="output path (default benchmarks/render_speed_<device>.json)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    parser.add_argument("--cases", default=None, help="comma-separated subset of train_stage1,video,surface")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated subset of train_stage1,video,surface (op section) and "
+                             "e2e_stage1_step,e2e_generate_256,e2e_generate_1024 (end-to-end section)")
+    parser.add_argument("--no-end-to-end", dest="end_to_end", action="store_false",
+                        help="skip the end-to-end section (the Generator, kernel vs reference)")
+    parser.add_argument("--e2e-batch", type=int, default=None,
+                        help="images per end-to-end step (default 1 on CPU, 4 on CUDA: the official per-GPU "
+                             "batch; e2e_generate_1024 uses 1 on CPU whatever this says)")
+    parser.add_argument("--e2e-repeats", type=int, default=None,
+                        help="timed repeats per end-to-end measurement (default 3 on CPU, 10 on CUDA, 2 with "
+                             "--quick; --max-seconds stops earlier once 3 are done)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
     parser.add_argument("--copy-mib", type=int, default=None,
                         help="size of the copy-bandwidth tensor (default 256 MiB, 8 with --quick)")
@@ -356,6 +754,13 @@ def parse_args(argv=None):
         args.repeats = 3 if args.quick else 10
     if args.copy_mib is None:
         args.copy_mib = 8 if args.quick else 256
+    if args.e2e_batch is None:
+        args.e2e_batch = 4 if args.device == "cuda" else 1
+    if args.e2e_batch < 1:
+        parser.error("--e2e-batch must be >= 1")
+    if args.e2e_repeats is None:
+        args.e2e_repeats = 2 if args.quick else (10 if args.device == "cuda" else 3)
+    args.e2e_repeats = max(args.e2e_repeats, 1)
     if args.json is None:
         args.json = str(Path(__file__).resolve().parent / f"render_speed_{args.device}.json")
     return args
@@ -403,21 +808,41 @@ def main(argv=None) -> int:
           f"(reference for %), copy_ into a preallocated tensor {copy['copy_']['gb_per_s']:.2f} GB/s")
 
     cases = make_cases(args.quick)
+    e2e_cases = make_e2e_cases(args.quick, device.type, args.e2e_batch)
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-        unknown = sorted(set(wanted) - {c.name for c in cases})
+        known = [c.name for c in cases] + [c.name for c in e2e_cases]
+        unknown = sorted(set(wanted) - set(known))
         if unknown:
-            print(f"render_speed: unknown case(s) {unknown}; choose from {[c.name for c in cases]}", file=sys.stderr)
+            print(f"render_speed: unknown case(s) {unknown}; choose from {known}", file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in wanted]
+        e2e_cases = [c for c in e2e_cases if c.name in wanted]
+    if not args.end_to_end:
+        if e2e_cases and args.cases:
+            print(f"note: --no-end-to-end skips {[c.name for c in e2e_cases]}")
+        e2e_cases = []
     rows: List[Dict[str, object]] = []
     checks: Dict[str, object] = {}
     for case in cases:
         case_rows, checks[case.name] = run_case(case, args, device, copy, case.passes)
         rows.extend(case_rows)
 
+    e2e_rows: List[Dict[str, object]] = []
+    e2e_checks: Dict[str, object] = {}
+    e2e_profiles: Dict[str, object] = {}
+    if e2e_cases:
+        print(f"end-to-end section: {len(e2e_cases)} case(s), batch {args.e2e_batch}, "
+              f"{args.e2e_repeats} timed repeats at most", flush=True)
+    for case in e2e_cases:
+        case_rows, e2e_checks[case.name], profile = run_e2e_case(case, args, device)
+        e2e_rows.extend(case_rows)
+        if profile is not None:
+            e2e_profiles[case.name] = profile
+
     # the targets are defined for the full-size work; a --quick smoke run only checks that it all runs
     targets = [] if args.quick else evaluate_targets(rows, device.type)
+    e2e_targets = [] if args.quick else evaluate_e2e_targets(e2e_rows, device.type)
     ext_file_after = _common.extension_file_info()
     extension_changed = ext_file_after.get("file_sha256") != ext_file.get("file_sha256")
     if extension_changed:
@@ -425,31 +850,34 @@ def main(argv=None) -> int:
               "kept the library it loaded at start, whose hash is the one recorded")
 
     print()
-    columns = [
-        ("case", "case", ""), ("pass", "pass", ""), ("impl", "impl", ""), ("median_ms", "median ms", ".2f"),
-        ("speedup", "speedup", ".2f"), ("peak_mib", "peak MiB", ".1f"), ("mem_ratio", "mem ratio", ".2f"),
-        ("peak_excluding_outputs_mib", "extra MiB", ".1f"), ("extra_mem_ratio", "extra ratio", ".2f"),
-        ("gb_per_s", "GB/s", ".2f"), ("pct_copy_bw", "% copy bw", ".1f"), ("repeats", "n", ""),
-        ("targets", "targets", ""),
-    ]
-    _common.print_table(rows, columns)
-    for r in rows:
-        if r.get("error"):
-            print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")
-    for case in cases:
-        print(f"case {case.name}: {case.description}; byte model " + ", ".join(
-            f"{p} {bytes_model(case)[p] / 1e6:.1f} MB" for p in case.passes))
-        if case.note:
-            print(f"note: {case.name}: {case.note}")
-        check = checks[case.name]
-        if "error" in check:
-            print(f"  check: {check['error']}")
-        else:
-            print("  check max |kernel - reference|: " + ", ".join(
-                f"{name} {c['max_abs_diff']:.2g}" for name, c in check.items()))
-    print("peak MiB includes what the step returns, while alive (forward: the maps and weights; forward_backward: "
-          "the gradients of raw and beta): "
-          + ", ".join(f"{c.name} {p} {output_bytes(c, p) / _common.MIB:.1f} MiB" for c in cases for p in c.passes))
+    if cases:
+        columns = [
+            ("case", "case", ""), ("pass", "pass", ""), ("impl", "impl", ""), ("median_ms", "median ms", ".2f"),
+            ("speedup", "speedup", ".2f"), ("peak_mib", "peak MiB", ".1f"), ("mem_ratio", "mem ratio", ".2f"),
+            ("peak_excluding_outputs_mib", "extra MiB", ".1f"), ("extra_mem_ratio", "extra ratio", ".2f"),
+            ("gb_per_s", "GB/s", ".2f"), ("pct_copy_bw", "% copy bw", ".1f"), ("repeats", "n", ""),
+            ("targets", "targets", ""),
+        ]
+        _common.print_table(rows, columns)
+        for r in rows:
+            if r.get("error"):
+                print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")
+        for case in cases:
+            print(f"case {case.name}: {case.description}; byte model " + ", ".join(
+                f"{p} {bytes_model(case)[p] / 1e6:.1f} MB" for p in case.passes))
+            if case.note:
+                print(f"note: {case.name}: {case.note}")
+            check = checks[case.name]
+            if "error" in check:
+                print(f"  check: {check['error']}")
+            else:
+                print("  check max |kernel - reference|: " + ", ".join(
+                    f"{name} {c['max_abs_diff']:.2g}" for name, c in check.items()))
+        print("peak MiB includes what the step returns, while alive (forward: the maps and weights; forward_backward: "
+              "the gradients of raw and beta): "
+              + ", ".join(f"{c.name} {p} {output_bytes(c, p) / _common.MIB:.1f} MiB" for c in cases for p in c.passes))
+    if e2e_cases:
+        print_e2e_report(e2e_cases, e2e_rows, e2e_checks, e2e_profiles, device.type)
     if hasattr(os, "getloadavg"):
         print(f"load average at end {list(os.getloadavg())} (other processes on the cores make every number "
               f"noisier; compare with the load at start)")
@@ -461,25 +889,24 @@ def main(argv=None) -> int:
     print(f"targets ({device.type}):")
     if not targets:
         print("  (not evaluated: --quick run)" if args.quick else "  (none defined for this device / selection)")
-    for t in targets:
-        value = t["value"]
-        if value is None:
-            shown = "n/a"
-        elif t["metric"] in ("speedup", "mem_ratio", "extra_mem_ratio"):
-            shown = f"{value:.2f}x"
-        else:
-            shown = f"{value:.1f}%"
-        print(f"  [{'PASS' if t['passed'] else 'FAIL'}] {t['name']}: {shown}")
-    passed = sum(t["passed"] for t in targets)
-    print(f"  {passed}/{len(targets)} targets met")
+    passed = print_targets(targets)
+    e2e_passed = 0
+    if e2e_cases:
+        print(f"end-to-end targets ({device.type}):")
+        if not e2e_targets:
+            print("  (not evaluated: --quick run)" if args.quick else "  (none defined for this device / selection)")
+        e2e_passed = print_targets(e2e_targets)
 
     payload = {
         "benchmark": "render_speed",
-        "section": "op",  # an end-to-end section with the models will be added later
+        "section": "op+end_to_end" if e2e_cases else "op",
+        "sections": ["op"] + (["end_to_end"] if e2e_cases else []),
         "load_average_at_start": env["load_average_1_5_15"],
         "settings": {"device": str(device), "quick": args.quick, "repeats": args.repeats,
                      "reference_repeats": args.reference_repeats, "warmup": args.warmup,
-                     "max_seconds": args.max_seconds, "dtype": "float32", "cases": [c.name for c in cases]},
+                     "max_seconds": args.max_seconds, "dtype": "float32", "cases": [c.name for c in cases],
+                     "end_to_end": bool(e2e_cases), "e2e_cases": [c.name for c in e2e_cases],
+                     "e2e_batch": args.e2e_batch, "e2e_repeats": args.e2e_repeats},
         "extension": {"loaded": ext.loaded, "cuda": ext.cuda, "built_with_torch": ext.built_with_torch,
                       "reason": ext.reason, "sdf_volume_render_op": op_available, **ext_file},
         "extension_file_changed_during_run": extension_changed,
@@ -503,6 +930,20 @@ def main(argv=None) -> int:
         "targets": targets,
         "targets_met": passed,
         "targets_total": len(targets),
+        "end_to_end": {
+            "description": "stylesdf_fast.models.Generator with every fused op impl='kernel' vs impl='reference', "
+                           "identical weights (the reference loads the kernel's state_dict), inputs and seeds",
+            "stage1_loss": "mean(thumb^2) [stand-in for the adversarial term] + 0.1 mean((|eikonal| - 1)^2) "
+                           "+ 0.05 mean(exp(-100 |sdf|))",
+            "cases": [{"name": c.name, "pass": c.pass_name, "batch": c.batch, "image_size": c.image_size,
+                       "render_res": c.render_res, "samples": c.samples, "generator_config": c.config,
+                       "description": c.description, "note": c.note, "check": e2e_checks.get(c.name),
+                       "profile": e2e_profiles.get(c.name)} for c in e2e_cases],
+            "results": e2e_rows,
+            "targets": e2e_targets,
+            "targets_met": e2e_passed,
+            "targets_total": len(e2e_targets),
+        },
     }
     path = _common.write_json(args.json, payload, device=device)
     print(f"\nwrote {path}")
