@@ -432,3 +432,16 @@ def write_json(path: os.PathLike, payload: Dict[str, object], *, device) -> Path
         json.dump(document, f, indent=2, default=str)
         f.write("\n")
     return path
+
+
+def report_peak_memory_method(device) -> Optional[Dict[str, object]]:
+    """Prints how peak memory is measured on `device`; on CPU also self-checks the profiler method
+    on a known allocation pattern and returns that check (None on CUDA)."""
+    if device.type != "cpu":
+        print("peak-memory method: torch.cuda.max_memory_allocated after reset, minus memory allocated before")
+        return None
+    check = check_cpu_peak_memory_method()
+    print(f"peak-memory method (profiler allocation events, running-sum peak) self-check: "
+          f"{'ok' if check['ok'] else 'FAILED'} (expected {check['expected_bytes']} B, "
+          f"measured {check['measured_bytes']} B)")
+    return check

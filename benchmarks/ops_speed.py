@@ -287,14 +287,7 @@ def main(argv=None) -> int:
     print(f"extension: loaded={ext.loaded} cuda={ext.cuda} built_with_torch={ext.built_with_torch} "
           f"file mtime {ext_file.get('file_mtime')} sha256 {str(ext_file.get('file_sha256'))[:12]} {ext.reason}")
 
-    memory_check = None
-    if device.type == "cpu":
-        memory_check = _common.check_cpu_peak_memory_method()
-        print(f"peak-memory method (profiler allocation events, running-sum peak) self-check: "
-              f"{'ok' if memory_check['ok'] else 'FAILED'} (expected {memory_check['expected_bytes']} B, "
-              f"measured {memory_check['measured_bytes']} B)")
-    else:
-        print("peak-memory method: torch.cuda.max_memory_allocated after reset, minus memory allocated before")
+    memory_check = _common.report_peak_memory_method(device)
 
     copy = _common.copy_bandwidth(device, size_mib=args.copy_mib, repeats=args.repeats)
     copy_gbps = copy["gb_per_s"]

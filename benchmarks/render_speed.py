@@ -794,14 +794,7 @@ def main(argv=None) -> int:
           f"sdf_volume_render op={'yes' if op_available else 'MISSING'} file mtime {ext_file.get('file_mtime')} "
           f"sha256 {str(ext_file.get('file_sha256'))[:12]} {ext.reason}")
 
-    memory_check = None
-    if device.type == "cpu":
-        memory_check = _common.check_cpu_peak_memory_method()
-        print(f"peak-memory method (profiler allocation events, running-sum peak) self-check: "
-              f"{'ok' if memory_check['ok'] else 'FAILED'} (expected {memory_check['expected_bytes']} B, "
-              f"measured {memory_check['measured_bytes']} B)")
-    else:
-        print("peak-memory method: torch.cuda.max_memory_allocated after reset, minus memory allocated before")
+    memory_check = _common.report_peak_memory_method(device)
 
     copy = _common.copy_bandwidth(device, size_mib=args.copy_mib, repeats=args.repeats)
     print(f"copy bandwidth ({args.copy_mib} MiB float32, read + write): clone {copy['clone']['gb_per_s']:.2f} GB/s "
