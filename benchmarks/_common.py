@@ -445,3 +445,14 @@ def report_peak_memory_method(device) -> Optional[Dict[str, object]]:
           f"{'ok' if check['ok'] else 'FAILED'} (expected {check['expected_bytes']} B, "
           f"measured {check['measured_bytes']} B)")
     return check
+
+
+def prefer_installed_package(repo_root) -> None:
+    """Import stylesdf_fast as installed (`pip install .`); fall back to the repository's source tree
+    (an in-place build) only when no installed package exists. Putting the tree first would shadow
+    the installed package with sources that have no compiled extension."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("stylesdf_fast") is None and str(repo_root) not in sys.path:
+        sys.path.insert(0, str(repo_root))

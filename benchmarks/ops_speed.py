@@ -58,13 +58,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(Path(__file__).resolve().parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+
+_common.prefer_installed_package(ROOT)
 from stylesdf_fast.ops import blur2d, downsample2d, fused_leaky_relu, make_kernel, upsample2d  # noqa: E402
 
 PASSES = ("forward", "forward_backward", "double_backward")
@@ -370,7 +371,8 @@ def main(argv=None) -> int:
     }
     path = _common.write_json(args.json, payload, device=device)
     print(f"\nwrote {path}")
-    return 0
+    # a missed target is a finding, a row that could not run is a breakage
+    return 1 if any(r.get("error") for r in rows) else 0
 
 
 if __name__ == "__main__":

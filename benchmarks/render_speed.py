@@ -125,13 +125,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(Path(__file__).resolve().parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+
+_common.prefer_installed_package(ROOT)
 
 try:
     from stylesdf_fast.ops import sdf_volume_render_raw  # noqa: E402
@@ -940,7 +941,10 @@ def main(argv=None) -> int:
     }
     path = _common.write_json(args.json, payload, device=device)
     print(f"\nwrote {path}")
-    return 0
+    # a missed target is a finding, a row that could not run is a breakage
+    broken = [r for r in rows + e2e_rows if r.get("error")]
+    broken += [p for p in e2e_profiles.values() if isinstance(p, dict) and p.get("error")]
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":
