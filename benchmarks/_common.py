@@ -33,6 +33,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -456,3 +457,41 @@ def prefer_installed_package(repo_root) -> None:
 
     if importlib.util.find_spec("stylesdf_fast") is None and str(repo_root) not in sys.path:
         sys.path.insert(0, str(repo_root))
+
+
+def begin_run(tool: str, args, extension_note: str = ""):
+    """The preamble every benchmark prints and records: device and threads, which compiled extension
+    is measured, the peak-memory method and the machine's copy bandwidth. Returns a dict with
+    device, env, ext (extension status), ext_file, memory_check and copy, or None when --device cuda
+    was asked for without CUDA (the caller exits 2)."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"{tool}: --device cuda was asked for but CUDA is not available", file=sys.stderr)
+        return None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    from stylesdf_fast import _extension
+
+    ext = _extension.status()
+    env = environment_metadata(device)
+    print(f"{tool}: device {device} ({env['device_name']}), torch {env['torch']}, "
+          f"{env['torch_threads']} threads, {'quick' if args.quick else 'full'} run, "
+          f"load average at start {env['load_average_1_5_15']}")
+    ext_file = extension_file_info()
+    print(f"extension: loaded={ext.loaded} cuda={ext.cuda} built_with_torch={ext.built_with_torch} "
+          f"{extension_note}file mtime {ext_file.get('file_mtime')} "
+          f"sha256 {str(ext_file.get('file_sha256'))[:12]} {ext.reason}")
+    memory_check = report_peak_memory_method(device)
+    copy = copy_bandwidth(device, size_mib=args.copy_mib, repeats=args.repeats)
+    print(f"copy bandwidth ({args.copy_mib} MiB float32, read + write): clone {copy['clone']['gb_per_s']:.2f} GB/s "
+          f"(reference for %), copy_ into a preallocated tensor {copy['copy_']['gb_per_s']:.2f} GB/s")
+    return {"device": device, "env": env, "ext": ext, "ext_file": ext_file, "memory_check": memory_check,
+            "copy": copy}
+
+
+def print_table_and_errors(rows: List[Dict[str, object]], columns) -> None:
+    """The result table, then one line per row that could not run."""
+    print_table(rows, columns)
+    for r in rows:
+        if r.get("error"):
+            print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")

@@ -270,30 +270,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("ops_speed: --device cuda was asked for but CUDA is not available", file=sys.stderr)
+    run = _common.begin_run("ops_speed", args)
+    if run is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
-    from stylesdf_fast import _extension
-
-    ext = _extension.status()
-    env = _common.environment_metadata(device)
-    print(f"ops_speed: device {device} ({env['device_name']}), torch {env['torch']}, "
-          f"{env['torch_threads']} threads, {'quick' if args.quick else 'full'} run, "
-          f"load average at start {env['load_average_1_5_15']}")
-    ext_file = _common.extension_file_info()
-    print(f"extension: loaded={ext.loaded} cuda={ext.cuda} built_with_torch={ext.built_with_torch} "
-          f"file mtime {ext_file.get('file_mtime')} sha256 {str(ext_file.get('file_sha256'))[:12]} {ext.reason}")
-
-    memory_check = _common.report_peak_memory_method(device)
-
-    copy = _common.copy_bandwidth(device, size_mib=args.copy_mib, repeats=args.repeats)
+    device, env, ext = run["device"], run["env"], run["ext"]
+    ext_file, memory_check, copy = run["ext_file"], run["memory_check"], run["copy"]
     copy_gbps = copy["gb_per_s"]
-    print(f"copy bandwidth ({args.copy_mib} MiB float32, read + write): clone {copy['clone']['gb_per_s']:.2f} GB/s "
-          f"(reference for %), copy_ into a preallocated tensor {copy['copy_']['gb_per_s']:.2f} GB/s")
 
     cases = make_cases(args.quick, device)
     if args.cases:
@@ -318,10 +300,7 @@ def main(argv=None) -> int:
         ("speedup", "speedup", ".2f"), ("peak_mib", "peak MiB", ".1f"), ("gb_per_s", "GB/s", ".2f"),
         ("pct_copy_bw", "% copy bw", ".1f"), ("repeats", "n", ""), ("targets", "targets", ""),
     ]
-    _common.print_table(rows, columns)
-    errors = [r for r in rows if r.get("error")]
-    for r in errors:
-        print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")
+    _common.print_table_and_errors(rows, columns)
     for case in cases:
         if case.note:
             print(f"note: {case.name}: {case.note}")

@@ -667,10 +667,7 @@ def print_e2e_report(cases: List[E2ECase], rows, checks, profiles, device_type: 
         ("peak_mib", "peak MiB", ".1f"), ("mem_ratio", "mem ratio", ".2f"), ("repeats", "n", ""),
         ("targets", "targets", ""),
     ]
-    _common.print_table(rows, columns)
-    for r in rows:
-        if r.get("error"):
-            print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")
+    _common.print_table_and_errors(rows, columns)
     for case in cases:
         print(f"case {case.name}: {case.description}")
         if case.note:
@@ -775,31 +772,13 @@ def main(argv=None) -> int:
               f"STYLESDF_FAST_DISABLE_KERNELS=1 to import without it (the kernel rows then report errors)",
               file=sys.stderr)
         return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("render_speed: --device cuda was asked for but CUDA is not available", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
-    from stylesdf_fast import _extension
-
-    ext = _extension.status()
     op_available = _common.torch_op_available("stylesdf_fast", "sdf_volume_render")
-    env = _common.environment_metadata(device)
-    print(f"render_speed: device {device} ({env['device_name']}), torch {env['torch']}, "
-          f"{env['torch_threads']} threads, {'quick' if args.quick else 'full'} run, "
-          f"load average at start {env['load_average_1_5_15']}")
-    ext_file = _common.extension_file_info()
-    print(f"extension: loaded={ext.loaded} cuda={ext.cuda} built_with_torch={ext.built_with_torch} "
-          f"sdf_volume_render op={'yes' if op_available else 'MISSING'} file mtime {ext_file.get('file_mtime')} "
-          f"sha256 {str(ext_file.get('file_sha256'))[:12]} {ext.reason}")
-
-    memory_check = _common.report_peak_memory_method(device)
-
-    copy = _common.copy_bandwidth(device, size_mib=args.copy_mib, repeats=args.repeats)
-    print(f"copy bandwidth ({args.copy_mib} MiB float32, read + write): clone {copy['clone']['gb_per_s']:.2f} GB/s "
-          f"(reference for %), copy_ into a preallocated tensor {copy['copy_']['gb_per_s']:.2f} GB/s")
+    run = _common.begin_run("render_speed", args,
+                            f"sdf_volume_render op={'yes' if op_available else 'MISSING'} ")
+    if run is None:
+        return 2
+    device, env, ext = run["device"], run["env"], run["ext"]
+    ext_file, memory_check, copy = run["ext_file"], run["memory_check"], run["copy"]
 
     cases = make_cases(args.quick)
     e2e_cases = make_e2e_cases(args.quick, device.type, args.e2e_batch)
@@ -852,10 +831,7 @@ def main(argv=None) -> int:
             ("gb_per_s", "GB/s", ".2f"), ("pct_copy_bw", "% copy bw", ".1f"), ("repeats", "n", ""),
             ("targets", "targets", ""),
         ]
-        _common.print_table(rows, columns)
-        for r in rows:
-            if r.get("error"):
-                print(f"error: {r['case']} {r['pass']} {r['impl']}: {r['error']}")
+        _common.print_table_and_errors(rows, columns)
         for case in cases:
             print(f"case {case.name}: {case.description}; byte model " + ", ".join(
                 f"{p} {bytes_model(case)[p] / 1e6:.1f} MB" for p in case.passes))
