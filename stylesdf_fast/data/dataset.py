@@ -193,8 +193,14 @@ class MultiResolutionDataset(Dataset):
         return image.convert("RGB") if image.mode != "RGB" else image
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        image = self.read_image(int(index))
-        if self.hflip and torch.rand(()).item() > 0.5:
+        flip = self.hflip and torch.rand(()).item() > 0.5
+        return self.item(int(index), flip)
+
+    def item(self, index: int, flip: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(image, thumbnail) of record `index`, flipped or not as asked (training decides flips itself
+        so that they are reproducible across workers and resumes)."""
+        image = self.read_image(index)
+        if flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         thumbnail = image.resize((self.nerf_resolution, self.nerf_resolution), Image.HAMMING)
         return image_to_tensor(image), image_to_tensor(thumbnail)

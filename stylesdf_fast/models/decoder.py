@@ -40,6 +40,7 @@ class Decoder(nn.Module):
         lr_mapping: learning-rate multiplier of the decoder mapping network (0.01).
         feature_channels: channels of the renderer feature map (renderer width, 256).
         in_size: spatial size of the feature map (renderer_spatial_output_dim, 64).
+        channel_max: cap on every layer's channels (512: the official network).
         impl: fused-op implementation, "auto" | "kernel" | "reference".
 
     Layout: `style` = PixelNorm + 5 EqualLinear (lr_mul, fused lrelu); `conv1` (StyledConv at
@@ -51,9 +52,9 @@ class Decoder(nn.Module):
 
     def __init__(self, size: int, style_dim: int = 256, channel_multiplier: int = 2, lr_mapping: float = 0.01,
                  feature_channels: int = 256, *, in_size: int = 64, blur_kernel: Sequence[float] = BLUR_KERNEL,
-                 impl: str = "auto"):
+                 channel_max: int = 512, impl: str = "auto"):
         super().__init__()
-        self.channels = stylegan2_channels(channel_multiplier)
+        self.channels = stylegan2_channels(channel_multiplier, channel_max)
         self.log_in_size = log2_size("in_size", in_size, 4, MAX_SIZE)
         self.log_size = log2_size("size", size, in_size, MAX_SIZE)
         if feature_channels < 1 or style_dim < 1:

@@ -48,12 +48,13 @@ class Discriminator(nn.Module):
     minibatch stddev (group min(B, 4), 1 feature) adds a channel; final_conv 3x3 (513 -> 512);
     final_linear = EqualLinear(512*16 -> 512, lrelu) -> EqualLinear(512 -> 1).
     size: power of two in [4, 1024]. Batches must be 1 or divisible by 2 or 3 (the stddev grouping).
+    channel_max caps every layer's channels (512: the official network).
     """
 
     def __init__(self, size: int, channel_multiplier: int = 2, blur_kernel: Sequence[float] = BLUR_KERNEL,
-                 *, impl: str = "auto"):
+                 *, channel_max: int = 512, impl: str = "auto"):
         super().__init__()
-        channels = stylegan2_channels(channel_multiplier)
+        channels = stylegan2_channels(channel_multiplier, channel_max)
         log_size = log2_size("size", size, 4, 1024)
         self.size = size
 
@@ -187,18 +188,22 @@ class VolumeRenderDiscriminator(nn.Module):
     convs.0: 1x1 conv 3 -> ch[size] + lrelu (gain 1); one VolumeRenderResBlock per halving down to
     2x2; final_conv: 2x2 conv (with bias) to 3 channels = logit + (azimuth, elevation), or to 1
     channel (viewpoint None) when viewpoint_head is False (the official `view_lambda = 0`).
-    size: the renderer output size (64), a power of two in [2, 128].
+    size: the renderer output size (64), a power of two in [2, 128]. channel_max caps every layer's
+    channels (400: the official network).
     """
 
-    def __init__(self, size: int = 64, viewpoint_head: bool = True, *, impl: str = "auto"):
+    def __init__(self, size: int = 64, viewpoint_head: bool = True, *, channel_max: int = 400, impl: str = "auto"):
         super().__init__()
         log_size = log2_size("size", size, 2, 128)
+        if isinstance(channel_max, bool) or not isinstance(channel_max, int) or channel_max < 1:
+            raise ValueError(f"VolumeRenderDiscriminator: channel_max must be a positive int, got {channel_max!r}")
+        channels = {res: min(count, channel_max) for res, count in VOLUME_D_CHANNELS.items()}
         self.size = size
         self.viewpoint_loss = bool(viewpoint_head)  # official attribute name
-        convs = [VolumeRenderDiscConv2d(3, VOLUME_D_CHANNELS[size], 1, activate=True, impl=impl)]
-        in_channel = VOLUME_D_CHANNELS[size]
+        convs = [VolumeRenderDiscConv2d(3, channels[size], 1, activate=True, impl=impl)]
+        in_channel = channels[size]
         for i in range(log_size - 1, 0, -1):
-            out_channel = VOLUME_D_CHANNELS[2**i]
+            out_channel = channels[2**i]
             convs.append(VolumeRenderResBlock(in_channel, out_channel, impl=impl))
             in_channel = out_channel
         self.convs = nn.Sequential(*convs)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .decoder import Decoder
+from .stylegan2 import stylegan2_channels
 from .renderer import VolumeFeatureRenderer, make_renderer_mapping
 
 Latents = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -29,7 +30,7 @@ class Generator(nn.Module):
                  channel_multiplier: int = 2, lr_mapping: float = 0.01, renderer_spatial_output_dim: int = 64,
                  depth: int = 8, width: int = 256, n_samples: int = 24, perturb: float = 1.0,
                  offset_sampling: bool = True, z_normalize: bool = True, static_viewdirs: bool = False,
-                 force_background: bool = False, impl: str = "auto"):
+                 force_background: bool = False, channel_max: int = 512, impl: str = "auto"):
         super().__init__()
         self.size = size
         self.full_pipeline = full_pipeline
@@ -41,7 +42,8 @@ class Generator(nn.Module):
             force_background=force_background, output_features=full_pipeline, impl=impl,
         )
         self.decoder = (Decoder(size, style_dim, channel_multiplier, lr_mapping, feature_channels=width,
-                                in_size=renderer_spatial_output_dim, impl=impl) if full_pipeline else None)
+                                in_size=renderer_spatial_output_dim, channel_max=channel_max, impl=impl)
+                        if full_pipeline else None)
 
     # --- latents ----------------------------------------------------------------------------------
 
@@ -151,6 +153,9 @@ def generator_config_from_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str
         in_size = state["decoder.noises.noise_0"].shape[-1]
         config["size"] = in_size * 2 ** len(to_rgbs)
         config["renderer_spatial_output_dim"] = in_size
+        conv1_channels = state["decoder.conv1.conv.weight"].shape[1]
+        if conv1_channels < stylegan2_channels()[in_size]:   # a model with capped channels (ours)
+            config["channel_max"] = conv1_channels
     return config
 
 

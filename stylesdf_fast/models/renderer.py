@@ -260,7 +260,7 @@ def pixel_grid(resolution: int, *, dtype: torch.dtype = torch.float32,
     """Pixel centres (i, j), each [1, H, W] with values 0.5 .. res - 0.5: i the column (x), j the row (y)."""
     coords = torch.linspace(0.5, resolution - 0.5, resolution, dtype=dtype, device=device)
     j, i = torch.meshgrid(coords, coords, indexing="ij")
-    return i.unsqueeze(0), j.unsqueeze(0)
+    return i.unsqueeze(0).contiguous(), j.unsqueeze(0).contiguous()   # meshgrid gives expanded views
 
 
 def camera_rays(c2w: torch.Tensor, focal: torch.Tensor, i: torch.Tensor, j: torch.Tensor,

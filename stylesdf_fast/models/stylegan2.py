@@ -38,11 +38,13 @@ def set_impl(module: nn.Module, impl: str) -> nn.Module:
     return module
 
 
-def stylegan2_channels(channel_multiplier: int = 2) -> dict:
-    """Channels per resolution of the StyleGAN2 decoder and discriminator (STYLESDF.md 1.8)."""
-    if isinstance(channel_multiplier, bool) or not isinstance(channel_multiplier, int) or channel_multiplier < 1:
-        raise ValueError(f"channel_multiplier must be a positive int, got {channel_multiplier!r}")
-    return {
+def stylegan2_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict:
+    """Channels per resolution of the StyleGAN2 decoder and discriminator (STYLESDF.md 1.8), each
+    capped at channel_max (512, the official network; smaller caps make small CPU models)."""
+    for name, value in (("channel_multiplier", channel_multiplier), ("channel_max", channel_max)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    official = {
         4: 512,
         8: 512,
         16: 512,
@@ -53,6 +55,7 @@ def stylegan2_channels(channel_multiplier: int = 2) -> dict:
         512: 32 * channel_multiplier,
         1024: 16 * channel_multiplier,
     }
+    return {size: min(channels, channel_max) for size, channels in official.items()}
 
 
 def log2_size(name: str, size: int, minimum: int, maximum: int) -> int:

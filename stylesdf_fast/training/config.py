@@ -1,0 +1,221 @@
+"""Training configuration: one dataclass (a comment per field), named presets, command-line overrides.
+
+Defaults are the official StyleSDF options (reference/STYLESDF.md 3-4). Presets override a few fields:
+`small` (the default: trains both stages on this package's synthetic dataset on a laptop CPU in
+minutes), `ffhq1024` and `afhq512` (the official scripts' settings). Every field is a command-line
+flag `--field value` (`--no-field` for booleans that default to true).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional, Sequence
+
+__all__ = ["TrainConfig", "PRESETS", "preset_config", "add_config_arguments", "config_from_args",
+           "RUN_CONTROL_FIELDS", "incompatible_fields", "validate_config"]
+
+EMA_DECAY_OFFICIAL = 0.5 ** (32 / (10 * 1000))   # 0.99778 per iteration
+
+
+@dataclass
+class TrainConfig:
+    # --- run ---------------------------------------------------------------------------------------
+    preset: str = "small"                # which preset these values started from
+    stages: str = "1,2"                  # stages to run: "1", "2" or "1,2"
+    seed: int = 0                        # base seed; rank r draws from seed + r
+    deterministic: bool = False          # torch.use_deterministic_algorithms (fixed-seed mode)
+    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
+    bf16: bool = False                   # bfloat16 autocast of the forward passes (GPU only)
+    log_every: int = 10                  # iterations between metric reports (JSONL, TensorBoard, bar)
+    sample_every: int = 200              # iterations between sample grids (PNG)
+    checkpoint_every: int = 500          # iterations between checkpoints
+    keep_checkpoints: int = 3            # newest periodic checkpoints kept per stage (0: keep all)
+    # --- data --------------------------------------------------------------------------------------
+    dataset: Optional[str] = None        # LMDB or image folder; None: the built-in synthetic dataset
+    synthetic_images: int = 2000         # size of the built-in dataset when dataset is None
+    workers: int = 2                     # DataLoader worker processes per rank
+    hflip: bool = True                   # random horizontal flips of the real images
+    # --- model -------------------------------------------------------------------------------------
+    size: int = 256                      # final image size (decoder output, stage 2)
+    renderer_size: int = 64              # renderer output size (renderer_spatial_output_dim)
+    style_dim: int = 256                 # latent size of z and w_r
+    depth: int = 8                       # FiLM-SIREN layers of the SDF trunk
+    width: int = 256                     # SIREN width = renderer feature channels
+    n_samples: int = 24                  # samples per ray
+    channel_multiplier: int = 2          # StyleGAN2 channel multiplier (decoder and stage-2 D)
+    channel_max: int = 512               # cap on StyleGAN2 channels (512: official)
+    d1_channel_max: int = 400            # cap on the stage-1 discriminator's channels (400: official)
+    lr_mapping: float = 0.01             # learning-rate multiplier of the decoder mapping
+    impl: str = "auto"                   # kernels: "auto", "kernel" or "reference"
+    # --- cameras -----------------------------------------------------------------------------------
+    azim: float = 0.3                    # azimuth std (or half-range with uniform), radians
+    elev: float = 0.15                   # elevation std (or half-range), radians
+    fov: float = 6.0                     # HALF field of view, degrees
+    dist_radius: float = 0.12            # near/far = 1 -/+ dist_radius
+    uniform: bool = False                # uniform instead of Gaussian camera poses
+    # --- stage 1: volume renderer ------------------------------------------------------------------
+    iter1: int = 200001                  # stage-1 iterations (the official run forces 200,001)
+    batch1: int = 4                      # stage-1 images per process per iteration
+    chunk1: int = 4                      # stage-1 images per forward pass (gradient accumulation)
+    g_lr1: float = 2e-5                  # stage-1 G learning rate, Adam betas (0, 0.9)
+    d_lr1: float = 2e-4                  # stage-1 D learning rate, Adam betas (0, 0.9)
+    r1_stage1: float = 10.0              # R1 weight on the real thumbnails, every iteration
+    view_lambda: float = 15.0            # viewpoint (pose) loss weight in D and G
+    eikonal_lambda: float = 0.1          # eikonal loss weight
+    min_surf_lambda: float = 0.05        # minimal-surface loss weight
+    min_surf_beta: float = 100.0         # minimal-surface sharpness: exp(-beta |sdf|)
+    sphere_init: str = "auto"            # "auto" (run it), "skip", or a checkpoint file to load
+    sphere_init_iters: int = 10000       # sphere-initialisation iterations
+    sphere_init_batch: int = 3           # sphere-initialisation batch
+    # --- stage 2: full pipeline --------------------------------------------------------------------
+    iter2: int = 300000                  # stage-2 iterations
+    batch2: int = 4                      # stage-2 images per process per iteration
+    chunk2: int = 4                      # stage-2 images per forward pass
+    lr2: float = 0.002                   # stage-2 base learning rate (lazy-regularisation corrected)
+    r1_stage2: float = 10.0              # R1 weight (lazy) on the full-resolution reals
+    d_reg_every: int = 16                # lazy R1 interval
+    g_reg_every: int = 4                 # path-length regularisation interval
+    path_regularize: float = 2.0         # path-length weight
+    path_batch_shrink: int = 2           # path-length batch = batch2 // path_batch_shrink
+    mixing: float = 0.9                  # style-mixing probability
+    stage2_renderer: Optional[str] = None  # checkpoint whose g_ema renderer starts stage 2 (None: this run's stage 1)
+    # --- both stages -------------------------------------------------------------------------------
+    ema_decay: float = EMA_DECAY_OFFICIAL  # per-iteration EMA decay of g_ema
+    preview_truncation: float = 0.7     # truncation of the sample grids
+    preview_identities: int = 8          # identities in a sample grid (rows)
+    preview_views: int = 8               # views per identity in a sample grid (columns)
+
+    def stage_list(self):
+        stages = [s.strip() for s in str(self.stages).split(",") if s.strip()]
+        if not stages or any(s not in ("1", "2") for s in stages) or len(set(stages)) != len(stages):
+            raise ValueError(f"--stages must be '1', '2' or '1,2', got {self.stages!r}")
+        return sorted(int(s) for s in stages)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Fields that may change when resuming: they steer the run, not what is trained.
+RUN_CONTROL_FIELDS = {"stages", "device", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                      "workers", "iter1", "iter2", "preview_identities", "preview_views", "preview_truncation",
+                      "impl", "dataset"}
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Both stages on the built-in synthetic dataset in a few minutes on a 2-core CPU: a 32 x 32
+    # renderer (16 samples per ray, 4 + 1 SIREN layers of width 64), a 64-pixel decoder and narrow
+    # discriminators; learning rates and EMA sized for a few hundred iterations.
+    "small": dict(size=64, renderer_size=32, depth=4, width=64, n_samples=16, channel_max=64, d1_channel_max=64,
+                  iter1=360, batch1=8, chunk1=8, g_lr1=1e-3, d_lr1=1e-3, sphere_init_iters=100,
+                  sphere_init_batch=4, iter2=120, batch2=8, chunk2=8, lr2=0.004, ema_decay=0.95,
+                  log_every=10, sample_every=120, checkpoint_every=120, preview_identities=4, preview_views=6),
+    # The official FFHQ scripts (per GPU: stage 1 batch 12 / chunk 6 on 2 GPUs; stage 2 batch 8 /
+    # chunk 2 at 1024 on 4 GPUs).
+    "ffhq1024": dict(size=1024, iter1=200001, batch1=12, chunk1=6, iter2=300000, batch2=8, chunk2=2,
+                     log_every=100, sample_every=1000, checkpoint_every=10000, keep_checkpoints=0),
+    # The official AFHQ scripts: azimuth 0.15, R1 50 at 512.
+    "afhq512": dict(size=512, azim=0.15, iter1=200001, batch1=12, chunk1=6, iter2=300000, batch2=8, chunk2=4,
+                    r1_stage2=50.0, log_every=100, sample_every=1000, checkpoint_every=10000, keep_checkpoints=0),
+}
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """The named preset with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(sorted(PRESETS))}")
+    values = {**PRESETS[name], **overrides, "preset": name}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def _field_type(field) -> type:
+    text = str(field.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if text.startswith(name) or text == f"<class '{name}'>":
+            return kind
+    return str
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (default None = keep the preset's value)."""
+    group = parser.add_argument_group("config fields (override the preset)")
+    for field in fields(TrainConfig):
+        if field.name == "preset":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_type(field)
+        if kind is bool:
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper())
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> TrainConfig:
+    """`base` (else the preset named by args.preset) with every flag given on the command line applied."""
+    overrides = explicit_overrides(args)
+    if base is None:
+        return preset_config(args.preset, **overrides)
+    return dataclasses.replace(base, **overrides)
+
+
+def explicit_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+            if f.name != "preset" and getattr(args, f.name, None) is not None}
+
+
+def incompatible_fields(stored: Dict[str, Any], requested: Dict[str, Any]) -> Sequence[str]:
+    """Fields whose requested value differs from a run's stored config and may not change on resume."""
+    return sorted(name for name, value in requested.items()
+                  if name not in RUN_CONTROL_FIELDS and name in stored and stored[name] != value)
+
+
+def _power_of_two(value: int) -> bool:
+    return value >= 1 and value & (value - 1) == 0
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """Clear errors for values that cannot train, before any work starts."""
+    cfg.stage_list()
+    problems = []
+    positive = ("log_every", "sample_every", "checkpoint_every", "synthetic_images", "size", "renderer_size",
+                "style_dim", "depth", "width", "n_samples", "channel_multiplier", "channel_max", "d1_channel_max",
+                "batch1", "chunk1", "batch2", "chunk2", "sphere_init_batch", "d_reg_every", "g_reg_every",
+                "path_batch_shrink", "preview_identities", "preview_views")
+    problems += [f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}"
+                 for name in positive if getattr(cfg, name) < 1]
+    problems += [f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}"
+                 for name in ("iter1", "iter2", "sphere_init_iters", "workers", "keep_checkpoints")
+                 if getattr(cfg, name) < 0]
+    for batch, chunk in (("batch1", "chunk1"), ("batch2", "chunk2")):
+        if getattr(cfg, chunk) >= 1 and getattr(cfg, batch) % getattr(cfg, chunk):
+            problems.append(f"--{batch} {getattr(cfg, batch)} is not divisible by --{chunk} {getattr(cfg, chunk)} "
+                            f"(the batch is accumulated in equal chunks)")
+    for name in ("size", "renderer_size"):
+        if not _power_of_two(getattr(cfg, name)):
+            problems.append(f"--{name.replace('_', '-')} must be a power of two, got {getattr(cfg, name)}")
+    if cfg.renderer_size > cfg.size:
+        problems.append(f"--renderer-size {cfg.renderer_size} must not exceed --size {cfg.size}")
+    if cfg.chunk2 > 1 and cfg.chunk2 % 2 and cfg.chunk2 % 3:
+        problems.append(f"--chunk2 {cfg.chunk2}: the stage-2 discriminator's minibatch stddev needs chunks of 1 or "
+                        f"a multiple of 2 or 3")
+    if cfg.impl not in ("auto", "kernel", "reference"):
+        problems.append(f"--impl must be auto, kernel or reference, got {cfg.impl!r}")
+    if not 0 <= cfg.mixing <= 1 or not 0 <= cfg.ema_decay < 1 or not 0 < cfg.preview_truncation <= 1:
+        problems.append("--mixing must lie in [0, 1], --ema-decay in [0, 1), --preview-truncation in (0, 1]")
+    for name in ("sphere_init", "stage2_renderer"):
+        value = getattr(cfg, name)
+        if value not in (None, "auto", "skip") and not os.path.isfile(value):
+            problems.append(f"--{name.replace('_', '-')} {value}: no such file")
+    if cfg.dataset is not None and not os.path.exists(cfg.dataset):
+        problems.append(f"--dataset {cfg.dataset}: no such file or directory")
+    if problems:
+        raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
+    return cfg
