@@ -127,8 +127,8 @@ def test_tiny_run_end_to_end(tmp_path, tiny_dataset):
     assert {"g", "d", "g_ema", "g_optim", "d_optim", "config", "rng", "data", "stats"} <= set(final)
     generator = load_generator(run / "final.pt")
     assert generator.size == 32 and generator.renderer.out_im_res == 16
-    renderer = load_generator(run / "volume_renderer.pt")
-    assert renderer.decoder is None
+    renderer = load_generator(run / "volume_renderer.pt")   # resolution and samples come from the config
+    assert renderer.decoder is None and renderer.renderer.out_im_res == 16 and renderer.renderer.n_samples == 8
     # stage 2 starts from stage 1's g_ema renderer and keeps it frozen
     stage1 = torch.load(run / "volume_renderer.pt", weights_only=False)["g_ema"]
     assert all(torch.equal(final["g"][k], v) for k, v in stage1.items() if k.startswith("renderer."))

@@ -164,8 +164,14 @@ def load_generator(path: Union[str, os.PathLike], device: Union[str, torch.devic
     """g_ema of an official StyleSDF checkpoint ({'g', 'd', 'g_ema'}) or one of ours, in eval mode,
     configured as the official generate script configures it: static view directions,
     force_background, no depth jitter. Output size and decoder presence come from the keys."""
-    state = _generator_state(path)
+    state, training_config = _generator_state(path)
     config = generator_config_from_state_dict(state)
+    # ours: the samples per ray (and a renderer-only model's resolution) are not in the weights; the
+    # training config stored beside them has them
+    if "n_samples" in training_config:
+        config["n_samples"] = int(training_config["n_samples"])
+    if "renderer_size" in training_config:
+        config["renderer_spatial_output_dim"] = int(training_config["renderer_size"])
     generator = Generator(**config, perturb=0.0, static_viewdirs=True, force_background=True, impl=impl)
     missing, unexpected = _key_mismatch(generator.state_dict(), state)
     if missing or unexpected:
@@ -178,7 +184,8 @@ def load_generator(path: Union[str, os.PathLike], device: Union[str, torch.devic
     return generator.to(device).eval()
 
 
-def _generator_state(path) -> Dict[str, torch.Tensor]:
+def _generator_state(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, object]]:
+    """(g_ema state_dict, our training config or {}) of a checkpoint file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_generator: no such checkpoint file: {os.fspath(path)}")
     try:
@@ -186,7 +193,10 @@ def _generator_state(path) -> Dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 (re-raised with the path and the reason)
         raise ValueError(f"load_generator: {os.fspath(path)} could not be read as a torch checkpoint "
                          f"({type(error).__name__}: {error})") from error
+    training_config = {}
     if isinstance(checkpoint, dict) and "g_ema" in checkpoint:
+        if isinstance(checkpoint.get("config"), dict):
+            training_config = checkpoint["config"]
         checkpoint = checkpoint["g_ema"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(f"load_generator: {os.fspath(path)} holds neither {{'g', 'd', 'g_ema'}} nor a state_dict")
@@ -194,7 +204,7 @@ def _generator_state(path) -> Dict[str, torch.Tensor]:
         generator_config_from_state_dict(checkpoint)
     except ValueError as error:
         raise ValueError(f"load_generator: {os.fspath(path)}: {error}; its first keys: {list(checkpoint)[:5]}") from None
-    return checkpoint
+    return checkpoint, training_config
 
 
 def _key_mismatch(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor]) -> Tuple[List[str], List[str]]:

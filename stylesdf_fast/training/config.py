@@ -107,13 +107,15 @@ RUN_CONTROL_FIELDS = {"stages", "device", "log_every", "sample_every", "checkpoi
                       "impl", "dataset"}
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # Both stages on the built-in synthetic dataset in a few minutes on a 2-core CPU: a 32 x 32
+    # Both stages on the built-in synthetic dataset in about 6 minutes on a 2-core CPU: a 32 x 32
     # renderer (16 samples per ray, 4 + 1 SIREN layers of width 64), a 64-pixel decoder and narrow
-    # discriminators; learning rates and EMA sized for a few hundred iterations.
+    # discriminators. Sized for a few hundred iterations: learning rates well above the official ones
+    # (with D slower than G, so the tiny D does not overpower G), R1 50 (the official README's advice
+    # when the SDF does not converge) and a short EMA; the loss weights are the official ones.
     "small": dict(size=64, renderer_size=32, depth=4, width=64, n_samples=16, channel_max=64, d1_channel_max=64,
-                  iter1=360, batch1=8, chunk1=8, g_lr1=1e-3, d_lr1=1e-3, sphere_init_iters=100,
-                  sphere_init_batch=4, iter2=120, batch2=8, chunk2=8, lr2=0.004, ema_decay=0.95,
-                  log_every=10, sample_every=120, checkpoint_every=120, preview_identities=4, preview_views=6),
+                  iter1=450, batch1=4, chunk1=4, g_lr1=3e-4, d_lr1=1e-4, r1_stage1=50.0, sphere_init_iters=200,
+                  sphere_init_batch=4, iter2=120, batch2=4, chunk2=4, lr2=0.002, ema_decay=0.98,
+                  log_every=10, sample_every=150, checkpoint_every=150, preview_identities=4, preview_views=6),
     # The official FFHQ scripts (per GPU: stage 1 batch 12 / chunk 6 on 2 GPUs; stage 2 batch 8 /
     # chunk 2 at 1024 on 4 GPUs).
     "ffhq1024": dict(size=1024, iter1=200001, batch1=12, chunk1=6, iter2=300000, batch2=8, chunk2=2,

@@ -328,8 +328,9 @@ def _stage1_start(cfg: TrainConfig, run_dir: Path, info: DistInfo, reporter, sig
         else:
             if not _train_stage(sphere_init_view(state), None, 0, run_dir, reporter, signals, info):
                 return None
+            state.g_ema.load_state_dict(state.g.state_dict())
             _save(run_dir, "checkpoints/sphere_init.pt", state, 0, None, info)
-    state.g_ema.load_state_dict(state.g.state_dict())
+    state.g_ema.load_state_dict(state.g.state_dict())   # the EMA starts from the initialised generator
     return state
 
 
@@ -385,11 +386,8 @@ def _run_stages(cfg, stages, datasets, run_dir, checkpoint, reporter, signals, i
             if state is None:
                 return 130
             start, position = 0, None
-        stream = _stream(cfg, datasets[1], 1, info, position)
-        if not _train_stage(state, stream, start, run_dir, reporter, signals, info):
+        if not _finish_stage(state, datasets[1], start, position, "volume_renderer.pt", run_dir, reporter, signals):
             return 130
-        _check_replicas(state, info)
-        _save(run_dir, "volume_renderer.pt", state, state.iterations, stream, info)
     if 2 not in stages:
         return 0
     if resume_stage == 2:
@@ -402,12 +400,21 @@ def _run_stages(cfg, stages, datasets, run_dir, checkpoint, reporter, signals, i
         broadcast_parameters(state.d, info)
         state.g_ema.load_state_dict(state.g.state_dict())
         start, position = 0, None
-    stream = _stream(cfg, datasets[2], 2, info, position)
-    if not _train_stage(state, stream, start, run_dir, reporter, signals, info):
+    if not _finish_stage(state, datasets[2], start, position, "final.pt", run_dir, reporter, signals):
         return 130
-    _check_replicas(state, info)
-    _save(run_dir, "final.pt", state, state.iterations, stream, info)
     return 0
+
+
+def _finish_stage(state: StageState, dataset, start: int, position, final_name: str, run_dir: Path,
+                  reporter: Reporter, signals: StopSignal) -> bool:
+    """Train the stage from `start` (data stream at `position`) to its end and write its final file;
+    False when a signal stopped it (a checkpoint was saved)."""
+    stream = _stream(state.config, dataset, state.stage, state.info, position)
+    if not _train_stage(state, stream, start, run_dir, reporter, signals, state.info):
+        return False
+    _check_replicas(state, state.info)
+    _save(run_dir, final_name, state, state.iterations, stream, state.info)
+    return True
 
 
 def _stage2_renderer(cfg: TrainConfig, run_dir: Path, info: DistInfo) -> Dict[str, torch.Tensor]:

@@ -1,0 +1,137 @@
+"""Training throughput: images per second and peak memory of one training iteration of each stage,
+with our kernels (impl="kernel") vs the pure-PyTorch reference ops (impl="reference").
+
+    python benchmarks/train_speed.py                       # CPU: the small preset (what the default run trains)
+    python benchmarks/train_speed.py --shapes official      # the official shapes (GPU; very slow on CPU)
+    python benchmarks/train_speed.py --quick               # smoke test at tiny shapes
+
+Rows (one iteration = every phase due at that iteration, gradients, optimiser steps and the EMA update):
+  stage1            D step (logistic + R1 + viewpoint) and G step (adversarial + viewpoint + eikonal +
+                    minimal surface), batch1 images each
+  stage2            D step and G step (non-saturating) at the decoder resolution, batch2 images
+  stage2_lazy_reg   an iteration that also runs lazy R1 (every 16) and path-length regularisation
+                    (every 4)
+img/s = images of the G phase per second; peak = memory allocated during the iteration above what
+was held before (CUDA allocator peak; on CPU the profiler's allocation events, see _common.py).
+Shapes: "small" = the small preset (32x32 renderer, 16 samples, width 64, 64-px decoder, batch 4);
+"official" = StyleSDF's per-GPU shapes (64x64 renderer, 24 samples, width 256, batch 4 for stage 1;
+1024-px decoder, batch 8 in chunks of 2 for stage 2, as the FFHQ scripts).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+_common.prefer_installed_package(Path(__file__).resolve().parent.parent)
+
+SHAPES = {
+    "small": dict(preset="small", batch1=4, chunk1=4, batch2=4, chunk2=4),
+    "official": dict(preset="ffhq1024", batch1=4, chunk1=4, batch2=8, chunk2=2),
+    "quick": dict(preset="small", size=32, renderer_size=16, width=32, depth=2, n_samples=8, channel_max=32,
+                  d1_channel_max=32, batch1=2, chunk1=2, batch2=2, chunk2=2),
+}
+CASES = {"stage1": (1, 1), "stage2": (2, 1), "stage2_lazy_reg": (2, 0)}   # (stage, iteration index)
+
+
+class _FixedReals:
+    """Stands in for the data stream: the same random batch every time."""
+
+    def __init__(self, batch: torch.Tensor):
+        self.batch = batch
+
+    def next(self) -> torch.Tensor:
+        return self.batch
+
+
+def _state(stage: int, shapes: dict, impl: str, device: torch.device):
+    from stylesdf_fast.training.config import preset_config
+    from stylesdf_fast.training.runtime import DistInfo
+    from stylesdf_fast.training.stages import build_stage
+
+    values = dict(shapes)
+    cfg = preset_config(values.pop("preset"), impl=impl, **values)
+    state = build_stage(stage, cfg, DistInfo(device=device))
+    res = cfg.size if stage == 2 else cfg.renderer_size
+    batch = cfg.batch2 if stage == 2 else cfg.batch1
+    reals = torch.rand(batch, 3, res, res, device=device) * 2 - 1
+    return state, _FixedReals(reals), batch
+
+
+def run_case(case: str, shapes: dict, impl: str, device: torch.device, repeats: int, max_seconds: float):
+    from stylesdf_fast.training.loop import _iteration
+
+    stage, iteration = CASES[case]
+    torch.manual_seed(0)
+    state, stream, batch = _state(stage, shapes, impl, device)
+    measured = _common.measure_step(lambda: _iteration(state, iteration, stream), device=device,
+                                    repeats=repeats, warmup=1, max_seconds=max_seconds, min_repeats=2)
+    return {"case": case, "impl": impl, "batch": batch, "median_ms": measured["median_ms"],
+            "images_per_s": batch / (measured["median_ms"] / 1000), "peak_mib": measured["peak_mib"]}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=_common.default_device())
+    parser.add_argument("--shapes", choices=("small", "official"), default=None,
+                        help="default: small on CPU, official on GPU")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one timed repeat (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed iterations per row (default 5, quick 1)")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a row after this long")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
+    parser.add_argument("--json", default=None, help="output path (default benchmarks/train_speed_<device>.json)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("train_speed: --device cuda was asked for but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    shape_name = "quick" if args.quick else (args.shapes or ("official" if device.type == "cuda" else "small"))
+    repeats = args.repeats or (1 if args.quick else 5)
+    env = _common.environment_metadata(device)
+    print(f"train_speed: device {device} ({env['device_name']}), torch {env['torch']}, {env['torch_threads']} threads, "
+          f"shapes {shape_name}")
+    _common.report_peak_memory_method(device)
+    rows = []
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        if case not in CASES:
+            print(f"unknown case {case!r}; choose from {', '.join(CASES)}", file=sys.stderr)
+            return 2
+        for impl in ("kernel", "reference"):
+            try:
+                rows.append(run_case(case, SHAPES[shape_name], impl, device, repeats, args.max_seconds))
+            except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
+                rows.append({"case": case, "impl": impl, "error": f"{type(error).__name__}: {error}"})
+    for row in rows:
+        other = next((r for r in rows if r["case"] == row["case"] and r["impl"] == "reference"), None)
+        if row.get("impl") == "kernel" and other and "median_ms" in row and "median_ms" in other:
+            row["speedup"] = other["median_ms"] / row["median_ms"]
+            row["memory_ratio"] = other["peak_mib"] / max(row["peak_mib"], 1e-9)
+    _common.print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("batch", "batch", "d"),
+                               ("median_ms", "ms/iter", ".1f"), ("images_per_s", "img/s", ".2f"),
+                               ("peak_mib", "peak MiB", ".0f"), ("speedup", "speedup", ".2f"),
+                               ("memory_ratio", "mem ratio", ".2f")])
+    errors = [r for r in rows if r.get("error")]
+    for row in errors:
+        print(f"error: {row['case']} {row['impl']}: {row['error']}")
+    json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"train_speed_{device.type}.json")
+    path = _common.write_json(json_path, {"tool": "train_speed", "shapes": shape_name, "shape_values": SHAPES[shape_name],
+                                          "rows": rows}, device=device)
+    print(f"wrote {path}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
