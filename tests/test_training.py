@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import stylesdf_fast
 from stylesdf_fast import load_generator, train
 from stylesdf_fast.data import synthetic
 from stylesdf_fast.training import config as config_module
@@ -177,8 +178,12 @@ def _free_port() -> int:
 
 
 def _env():
+    """The environment of a child `python -m stylesdf_fast...`: it must import the package this test
+    imported (installed, with its compiled extension), so its folder goes first on PYTHONPATH and the
+    child runs outside the source tree (`python -m` puts the working directory first on sys.path)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(stylesdf_fast.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     return env
 
 
@@ -191,7 +196,8 @@ def test_sigint_saves_a_checkpoint_and_exits(tmp_path, tiny_dataset):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "stylesdf_fast.train", "--run-dir", str(run), "--dataset", tiny_dataset,
                *TINY, "--iter1", "100000", "--stages", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                               cwd=tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and not _stage1_running(run):
         time.sleep(0.2)
@@ -206,7 +212,7 @@ def test_two_gloo_processes_keep_identical_replicas(tmp_path, tiny_dataset):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_free_port()), "-m", "stylesdf_fast.train", "--run-dir", str(run), "--dataset", tiny_dataset,
                *TINY, "--device", "cpu"]
-    result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     final = torch.load(run / "final.pt", weights_only=False)
     assert len(final["rng"]) == 2                        # both ranks' random streams were saved
