@@ -24,10 +24,9 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                        help="starting values of the config (small: CPU-sized, the built-in dataset)")
+                        help="starting values of the config (default small: CPU-sized, on the built-in dataset)")
     parser.add_argument("--run-dir", default=None, help="output directory (default runs/<preset>-<time>)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its newest checkpoint (with its stored config)")

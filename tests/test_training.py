@@ -48,6 +48,7 @@ def test_presets_and_overrides():
     args = train.build_parser().parse_args(["--preset", "afhq512", "--batch1", "6", "--chunk1", "3", "--no-hflip"])
     cfg = config_module.config_from_args(args)
     assert (cfg.size, cfg.batch1, cfg.chunk1, cfg.hflip, cfg.azim) == (512, 6, 3, False, 0.15)
+    assert "stage-1 images per process per iteration" in train.build_parser().format_help()   # field comments
 
 
 @pytest.mark.parametrize("args, message", [

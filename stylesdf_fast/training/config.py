@@ -8,7 +8,9 @@ flag `--field value` (`--no-field` for booleans that default to true).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import re
 import dataclasses
 import json
 from dataclasses import dataclass, fields
@@ -146,18 +148,31 @@ def _field_type(field) -> type:
     return str
 
 
+def _field_comments() -> Dict[str, str]:
+    """name -> the comment written beside the field in TrainConfig (the flags' help text)."""
+    comments = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (default None = keep the preset's value)."""
-    group = parser.add_argument_group("config fields (override the preset)")
+    """One flag per TrainConfig field (default None = keep the preset's value), its comment as help."""
+    group = parser.add_argument_group("config fields (override the preset; defaults are the preset's)")
+    comments = _field_comments()
     for field in fields(TrainConfig):
         if field.name == "preset":
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = _field_type(field)
+        text = comments.get(field.name, "").replace("%", "%%")
         if kind is bool:
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper())
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=text)
 
 
 def config_from_args(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> TrainConfig:
