@@ -489,6 +489,16 @@ def begin_run(tool: str, args, extension_note: str = ""):
             "copy": copy}
 
 
+def compare_to_reference(kernel_row: Dict[str, object], reference_row: Dict[str, object]) -> None:
+    """Adds to the kernel row: speedup = reference median / kernel median, and mem_ratio = reference
+    peak / kernel peak when both rows measured their peak (inf for a kernel peak of 0)."""
+    if "median_ms" in kernel_row and "median_ms" in reference_row:
+        kernel_row["speedup"] = reference_row["median_ms"] / kernel_row["median_ms"]
+    if kernel_row.get("peak_bytes") is not None and reference_row.get("peak_bytes") is not None:
+        kernel_row["mem_ratio"] = (reference_row["peak_bytes"] / kernel_row["peak_bytes"]
+                                   if kernel_row["peak_bytes"] > 0 else float("inf"))
+
+
 def print_table_and_errors(rows: List[Dict[str, object]], columns) -> None:
     """The result table, then one line per row that could not run."""
     print_table(rows, columns)

@@ -55,7 +55,7 @@ import gc
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(Path(__file__).resolve().parent) not in sys.path:
@@ -190,9 +190,7 @@ def run_case(case: Case, args, device, copy_gbps: float, passes=PASSES) -> List[
             rows.append(row)
             status = row.get("error") or f"{row['median_ms']:.2f} ms ({row['repeats']} repeats)"
             print(f"  {case.name:<10} {pass_name:<16} {impl:<9} {status}", flush=True)
-        kernel_row, reference_row = rows[-2], rows[-1]
-        if "median_ms" in kernel_row and "median_ms" in reference_row:
-            kernel_row["speedup"] = reference_row["median_ms"] / kernel_row["median_ms"]
+        _common.compare_to_reference(rows[-2], rows[-1])
     del tensors, x, bias
     gc.collect()
     return rows

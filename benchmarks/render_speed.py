@@ -336,11 +336,8 @@ def run_case(case: Case, args, device, copy: Dict[str, object], passes) -> Tuple
             status = row.get("error") or f"{row['median_ms']:.2f} ms ({row['repeats']} repeats)"
             print(f"  {case.name:<12} {pass_name:<16} {impl:<9} {status}", flush=True)
         kernel_row, reference_row = rows[-2], rows[-1]
-        if "median_ms" in kernel_row and "median_ms" in reference_row:
-            kernel_row["speedup"] = reference_row["median_ms"] / kernel_row["median_ms"]
+        _common.compare_to_reference(kernel_row, reference_row)
         if kernel_row.get("peak_bytes") is not None and reference_row.get("peak_bytes") is not None:
-            kernel_row["mem_ratio"] = (reference_row["peak_bytes"] / kernel_row["peak_bytes"]
-                                       if kernel_row["peak_bytes"] > 0 else float("inf"))
             kernel_extra = kernel_row["peak_excluding_outputs_mib"]
             kernel_row["extra_mem_ratio"] = (reference_row["peak_excluding_outputs_mib"] / kernel_extra
                                              if kernel_extra > 0 else float("inf"))
@@ -599,11 +596,7 @@ def run_e2e_case(case: E2ECase, args, device) -> Tuple[List[Dict[str, object]], 
         status = row.get("error") or f"{row['median_ms']:.1f} ms ({row['repeats']} repeats)"
         print(f"  {case.name:<18} {case.pass_name:<10} {impl:<9} {status}", flush=True)
     kernel_row, reference_row = rows
-    if "median_ms" in kernel_row and "median_ms" in reference_row:
-        kernel_row["speedup"] = reference_row["median_ms"] / kernel_row["median_ms"]
-    if kernel_row.get("peak_bytes") is not None and reference_row.get("peak_bytes") is not None:
-        kernel_row["mem_ratio"] = (reference_row["peak_bytes"] / kernel_row["peak_bytes"]
-                                   if kernel_row["peak_bytes"] > 0 else float("inf"))
+    _common.compare_to_reference(kernel_row, reference_row)
     profile = None
     if case.profile:
         try:

@@ -73,7 +73,8 @@ def run_case(case: str, shapes: dict, impl: str, device: torch.device, repeats: 
     measured = _common.measure_step(lambda: _iteration(state, iteration, stream), device=device,
                                     repeats=repeats, warmup=1, max_seconds=max_seconds, min_repeats=2)
     return {"case": case, "impl": impl, "batch": batch, "median_ms": measured["median_ms"],
-            "images_per_s": batch / (measured["median_ms"] / 1000), "peak_mib": measured["peak_mib"]}
+            "images_per_s": batch / (measured["median_ms"] / 1000), "peak_bytes": measured["peak_bytes"],
+            "peak_mib": measured["peak_mib"]}
 
 
 def parse_args(argv):
@@ -114,15 +115,12 @@ def main(argv=None) -> int:
                 rows.append(run_case(case, SHAPES[shape_name], impl, device, repeats, args.max_seconds))
             except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
                 rows.append({"case": case, "impl": impl, "error": f"{type(error).__name__}: {error}"})
-    for row in rows:
-        other = next((r for r in rows if r["case"] == row["case"] and r["impl"] == "reference"), None)
-        if row.get("impl") == "kernel" and other and "median_ms" in row and "median_ms" in other:
-            row["speedup"] = other["median_ms"] / row["median_ms"]
-            row["memory_ratio"] = other["peak_mib"] / max(row["peak_mib"], 1e-9)
+    for kernel_row, reference_row in zip(rows[0::2], rows[1::2]):   # rows come in (kernel, reference) pairs
+        _common.compare_to_reference(kernel_row, reference_row)
     _common.print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("batch", "batch", "d"),
                                ("median_ms", "ms/iter", ".1f"), ("images_per_s", "img/s", ".2f"),
                                ("peak_mib", "peak MiB", ".0f"), ("speedup", "speedup", ".2f"),
-                               ("memory_ratio", "mem ratio", ".2f")])
+                               ("mem_ratio", "mem ratio", ".2f")])
     errors = [r for r in rows if r.get("error")]
     for row in errors:
         print(f"error: {row['case']} {row['impl']}: {row['error']}")
