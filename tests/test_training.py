@@ -109,6 +109,16 @@ def test_path_length_of_a_linear_generator():
     assert torch.allclose(penalty, (lengths - new_mean).pow(2).mean())
 
 
+def test_metric_window_reports_means_of_the_iterations_a_metric_ran():
+    window = loop.MetricWindow()
+    window.add({"G/eikonal": 0.4, "D_reg/r1": 2.0})
+    window.add({"G/eikonal": 0.2})
+    window.add({"G/eikonal": 0.3})
+    assert window.means_and_reset() == pytest.approx({"G/eikonal": 0.3, "D_reg/r1": 2.0})
+    window.add({"G/eikonal": 1.0})
+    assert window.means_and_reset() == {"G/eikonal": 1.0}     # reset between reports
+
+
 # --- runs -----------------------------------------------------------------------------------------
 
 def test_tiny_run_end_to_end(tmp_path, tiny_dataset):

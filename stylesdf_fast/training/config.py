@@ -31,7 +31,7 @@ class TrainConfig:
     deterministic: bool = False          # torch.use_deterministic_algorithms (fixed-seed mode)
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
     bf16: bool = False                   # bfloat16 autocast of the forward passes (GPU only)
-    log_every: int = 10                  # iterations between metric reports (JSONL, TensorBoard, bar)
+    log_every: int = 10                  # iterations between metric reports (window means; JSONL, TensorBoard, bar)
     sample_every: int = 200              # iterations between sample grids (PNG)
     checkpoint_every: int = 500          # iterations between checkpoints
     keep_checkpoints: int = 3            # newest periodic checkpoints kept per stage (0: keep all)

@@ -64,6 +64,11 @@ def prepare_datasets(cfg: TrainConfig, info: DistInfo, stages: List[int]) -> Dic
             for s in stages}
 
 
+def training_dataset_path(cfg: TrainConfig, progress: bool = True) -> Path:
+    """The LMDB a run with this config trains on (built or converted into the cache if needed)."""
+    return _dataset_path(cfg, sorted({stage_resolution(cfg, s) for s in (1, 2)}), progress=progress)
+
+
 def _dataset_path(cfg: TrainConfig, sizes, progress: bool = True) -> Path:
     if cfg.dataset is None:
         largest = max(128, max(sizes))
@@ -186,6 +191,25 @@ def _iteration(state: StageState, iteration: int, stream: Optional[RealImageStre
 
 # --- reporting --------------------------------------------------------------------------------------
 
+class MetricWindow:
+    """Means of each metric over the iterations since the last report (a phase that runs every k
+    iterations is averaged over the iterations it ran), so a logged value is not one noisy batch."""
+
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def add(self, metrics: Dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means_and_reset(self) -> Dict[str, float]:
+        means = {key: total / self.counts[key] for key, total in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return means
+
+
 class Reporter:
     """Rank 0's outputs: metrics.jsonl, TensorBoard (when installed), the progress bar, sample grids."""
 
@@ -267,16 +291,20 @@ def _train_stage(state: StageState, stream: Optional[RealImageStream], start: in
     cfg = state.config
     tag = "sphere_init" if state.stage == 0 else f"stage{state.stage}"
     bar = _progress(state, start, info)
-    window_start, window_images = time.perf_counter(), 0
+    window, window_start, window_images = MetricWindow(), time.perf_counter(), 0
     for iteration in range(start, state.iterations):
         metrics = _iteration(state, iteration, stream)
+        window.add(metrics)
         window_images += state.phases[-1].batch * info.world_size
         done = iteration + 1
-        if done % cfg.log_every == 0 or done == state.iterations:
+        # the first iteration is logged too: it shows where each loss starts (the eikonal term right
+        # after the sphere initialisation, say)
+        if done == 1 or done % cfg.log_every == 0 or done == state.iterations:
             speed = window_images / max(time.perf_counter() - window_start, 1e-9)
-            reporter.log(state.stage, done, metrics, speed)
-            bar.set_postfix({key.split("/")[-1]: f"{metrics[key]:.3g}" for key in _BAR_KEYS[state.stage]
-                             if key in metrics} | {"beta": f"{metrics['beta']:.4f}"}, refresh=False)
+            means = window.means_and_reset() | {"beta": metrics["beta"]}
+            reporter.log(state.stage, done, means, speed)
+            bar.set_postfix({key.split("/")[-1]: f"{means[key]:.3g}" for key in _BAR_KEYS[state.stage]
+                             if key in means} | {"beta": f"{means['beta']:.4f}"}, refresh=False)
             window_start, window_images = time.perf_counter(), 0
         bar.update(1)
         if state.stage > 0 and info.is_main and (done % cfg.sample_every == 0 or done == state.iterations):
