@@ -88,9 +88,17 @@ Cases (64x64 rays, S = 24 samples, SIREN depth 8 width 256, as the official mode
   e2e_generate_256   pass generate: full-pipeline image generation, Generator(size=256) in eval mode,
                      static_viewdirs=True, force_background=True, perturb=0, randomize_noise=False
                      (the stored noise buffers), under torch.no_grad().
-  e2e_generate_1024  the same at 1024 px; batch 1 on CPU whatever --e2e-batch says.
-  --quick: the same three cases at tiny shapes (8x8 rays, S = 8, SIREN depth 2 width 32; images
-  of 16 and 32 px).
+  e2e_generate_1024  the same at 1024 px; batch 1 on CPU whatever --e2e-batch says. images/s is
+                     the frame rate of 1024-px generation.
+  e2e_mesh_128       pass mesh: stylesdf_fast.generation.extract_mesh as `python -m
+                     stylesdf_fast.generate` runs it: the renderer-only Generator's SDF at 128x128 rays
+                     x 128 samples (the official surface renderer), frustum-to-box resampling and
+                     scikit-image marching cubes on 128^3, no vertex colours; 2 timed repeats at most
+                     on CPU (one extraction takes tens of seconds there). images/s = meshes/s. The
+                     generator is randomly initialised, so its SDF rarely crosses 0: the mesh is the
+                     level set at the SDF's median (the same marching-cubes work).
+  --quick: the same cases at tiny shapes (8x8 rays, S = 8, SIREN depth 2 width 32; images
+  of 16 and 32 px; a 16^3 mesh).
 
 Numbers per row, as for the op rows (_common.measure_step): median wall time over --e2e-repeats
 timed repeats (default 3 on CPU, 10 on CUDA, 2 with --quick; --max-seconds ends a measurement early
@@ -100,7 +108,8 @@ reference median / kernel median, images/s = B / median, peak memory of one step
 above) and mem ratio = reference peak / kernel peak. Before timing, each case runs one step of each
 impl and records the largest |kernel - reference| with the largest |reference| for scale:
 train_step: thumbnail, sdf, eikonal term, loss, every parameter gradient (largest absolute
-difference, and the parameter with the largest relative one); generate: image and thumbnail.
+difference, and the parameter with the largest relative one); generate: image and thumbnail; mesh:
+the 128^3 frustum SDF, and the vertex counts of both meshes.
 
 Profile: for e2e_stage1_step and e2e_generate_256 with impl="kernel", one more step under
 torch.profiler (CPU activity, + CUDA on a GPU), printed as the top 10 ops by self CPU time (calls,
@@ -109,9 +118,9 @@ containing "stylesdf_fast": the ops and their autograd nodes). The JSON stores t
 end_to_end.cases[].profile.
 
 End-to-end targets (reported, never an exit status; not evaluated with --quick):
-  cpu and cuda: e2e_stage1_step kernel >= 1.3x faster than the reference;
-                e2e_generate_256 kernel >= 1.3x faster than the reference.
-  (e2e_generate_1024 is recorded only.)
+  cpu and cuda: e2e_stage1_step, e2e_generate_256 and e2e_generate_1024: kernel >= 1.3x faster
+                than the reference.
+  (e2e_mesh_128 is recorded only.)
 """
 from __future__ import annotations
 
@@ -137,9 +146,11 @@ _common.prefer_installed_package(ROOT)
 try:
     from stylesdf_fast.ops import sdf_volume_render_raw  # noqa: E402
     from stylesdf_fast.models import Generator, generate_camera_params  # noqa: E402
+    from stylesdf_fast.generation import CameraSettings, LoadedModel, extract_mesh, render_surface  # noqa: E402
     _IMPORT_ERROR: Optional[BaseException] = None
 except Exception as _error:  # noqa: BLE001 (reported by main with a hint)
     sdf_volume_render_raw = Generator = generate_camera_params = None
+    CameraSettings = LoadedModel = extract_mesh = render_surface = None
     _IMPORT_ERROR = _error
 
 PASSES = ("forward", "forward_backward")
@@ -377,9 +388,10 @@ def evaluate_targets(rows: List[Dict[str, object]], device_type: str) -> List[Di
 
 # --- end-to-end section: the StyleSDF generator with every fused op as kernel vs reference ----------
 
-E2E_CASE_NAMES = ("e2e_stage1_step", "e2e_generate_256", "e2e_generate_1024")
+E2E_CASE_NAMES = ("e2e_stage1_step", "e2e_generate_256", "e2e_generate_1024", "e2e_mesh_128")
 E2E_SPEEDUP_TARGET = 1.3
-E2E_TARGET_CASES = ("e2e_stage1_step", "e2e_generate_256")
+E2E_TARGET_CASES = ("e2e_stage1_step", "e2e_generate_256", "e2e_generate_1024")
+MESH_CPU_REPEATS = 2   # one 128^3 extraction takes tens of seconds on a 2-core CPU
 E2E_STEP_SEED = 1234  # torch.manual_seed before every stage-1 step: both impls draw the same depth jitter
 E2E_PROFILE_ROWS = 10
 # our fused ops in a profile: "stylesdf_fast::<op>" and their autograd nodes
@@ -398,6 +410,7 @@ class E2ECase:
     description: str
     profile: bool = False  # also print a torch.profiler breakdown of the kernel impl
     note: str = ""
+    surface_res: Optional[int] = None  # "mesh": rays per side and samples per ray of the surface render
 
     @property
     def train(self) -> bool:
@@ -405,11 +418,11 @@ class E2ECase:
 
     @property
     def render_res(self) -> int:
-        return int(self.config.get("renderer_spatial_output_dim", 64))
+        return self.surface_res or int(self.config.get("renderer_spatial_output_dim", 64))
 
     @property
     def samples(self) -> int:
-        return int(self.config.get("n_samples", 24))
+        return self.surface_res or int(self.config.get("n_samples", 24))
 
     @property
     def image_size(self) -> Optional[int]:
@@ -428,6 +441,9 @@ def make_e2e_cases(quick: bool, device_type: str, batch: int) -> List[E2ECase]:
                     f"generation, {batch} x 16 px from 8x8 rays, S=8, SIREN depth 2 width 32 (quick)", profile=True),
             E2ECase("e2e_generate_1024", "generate", 1, dict(size=32, **tiny, **generate),
                     "generation, 1 x 32 px from 8x8 rays, S=8, SIREN depth 2 width 32 (quick)"),
+            E2ECase("e2e_mesh_128", "mesh", 1, dict(full_pipeline=False, **tiny, **generate),
+                    "mesh extraction, 16^3 frustum SDF + marching cubes, SIREN depth 2 width 32 (quick)",
+                    surface_res=16),
         ]
     batch_1024 = 1 if device_type == "cpu" else batch
     return [
@@ -443,6 +459,10 @@ def make_e2e_cases(quick: bool, device_type: str, batch: int) -> List[E2ECase]:
         E2ECase("e2e_generate_1024", "generate", batch_1024, dict(size=1024, **generate),
                 f"full-pipeline generation at 1024 px: {batch_1024} x (64x64 rays, S=24, + StyleGAN2 decoder), "
                 f"eval, no_grad, static_viewdirs, force_background, perturb 0, randomize_noise=False"),
+        E2ECase("e2e_mesh_128", "mesh", 1, dict(full_pipeline=False, **generate),
+                "marching-cubes mesh of one identity as the official generate script: SDF at 128x128 rays x "
+                "128 samples (the renderer's network, no_grad, row bands), frustum-to-box resampling, "
+                "scikit-image marching cubes at 128^3", surface_res=128),
     ]
 
 
@@ -489,11 +509,30 @@ def make_e2e_step(case: E2ECase, model, inputs) -> Tuple[Callable[[], object], O
             return loss.detach()
         return step, setup
 
+    if case.pass_name == "mesh":
+        loaded = LoadedModel(model, CameraSettings(), "benchmark", "")
+
+        def step():
+            with torch.no_grad():
+                w = model.renderer_latents([inputs["z"]])[0]
+                return extract_mesh(loaded, w, resolution=case.surface_res, colors=False,
+                                    level=inputs["mesh_level"])
+        return step, None
+
     def step():
         with torch.no_grad():
             return model([inputs["z"]], inputs["c2w"], inputs["focal"], inputs["near"], inputs["far"],
                          randomize_noise=False)
     return step, None
+
+
+def _surface_sdf(case: E2ECase, model, inputs) -> torch.Tensor:
+    """The frustum SDF [1, R, R, S] the mesh case meshes (for the kernel/reference check)."""
+    with torch.no_grad():
+        w = model.renderer_latents([inputs["z"]])[0]
+        loaded = LoadedModel(model, CameraSettings(), "benchmark", "")
+        return render_surface(loaded, w, torch.zeros(1, 2), resolution=case.surface_res,
+                              samples=case.surface_res, keep_sdf=True).sdf
 
 
 def _diff_entry(k, r) -> Dict[str, object]:
@@ -535,6 +574,11 @@ def compare_e2e(case: E2ECase, models, inputs) -> Dict[str, object]:
             if missing:
                 result["grad.missing"] = {"max_abs_diff": None, "max_abs_reference": None, "params": missing}
             del got
+        elif case.pass_name == "mesh":
+            result["sdf"] = _diff_entry(*(_surface_sdf(case, models[impl], inputs) for impl in IMPLS))
+            meshes = {impl: make_e2e_step(case, models[impl], inputs)[0]() for impl in IMPLS}
+            result["vertices"] = {"max_abs_diff": None, "max_abs_reference": None,
+                                  **{impl: int(len(mesh.vertices)) for impl, mesh in meshes.items()}}
         else:
             outs = {}
             for impl in IMPLS:
@@ -576,9 +620,15 @@ def run_e2e_case(case: E2ECase, args, device) -> Tuple[List[Dict[str, object]], 
         print(f"  {case.name:<18} setup failed: {message}", flush=True)
         gc.collect()
         return [{**base, "impl": impl, "error": message} for impl in IMPLS], {"error": message}, None
+    if case.pass_name == "mesh":
+        # a randomly initialised SDF rarely crosses 0 in the frustum: mesh its median level set instead,
+        # the same work for marching cubes (the network pass does not depend on the level)
+        inputs["mesh_level"] = float(_surface_sdf(case, models["kernel"], inputs).median())
     check = compare_e2e(case, models, inputs)
     print(f"  {case.name:<18} {_check_summary(check)}", flush=True)
     repeats = args.e2e_repeats
+    if case.pass_name == "mesh" and torch.device(device).type == "cpu":
+        repeats = min(repeats, MESH_CPU_REPEATS)
     for impl in IMPLS:
         row: Dict[str, object] = {**base, "impl": impl}
         try:
@@ -728,7 +778,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
     parser.add_argument("--cases", default=None,
                         help="comma-separated subset of train_stage1,video,surface (op section) and "
-                             "e2e_stage1_step,e2e_generate_256,e2e_generate_1024 (end-to-end section)")
+                             "e2e_stage1_step,e2e_generate_256,e2e_generate_1024,e2e_mesh_128 (end-to-end section)")
     parser.add_argument("--no-end-to-end", dest="end_to_end", action="store_false",
                         help="skip the end-to-end section (the Generator, kernel vs reference)")
     parser.add_argument("--e2e-batch", type=int, default=None,

@@ -427,14 +427,18 @@ class VolumeFeatureRenderer(nn.Module):
         )
 
     def render(self, cam_poses: torch.Tensor, focal: Number, near: Number, far: Number, styles: torch.Tensor,
-               *, return_eikonal: bool = False) -> RayRenderOutput:
-        """The same render, channels last per ray, with the quadrature weights and the depths."""
+               *, return_eikonal: bool = False, rows: Optional[Tuple[int, int]] = None) -> RayRenderOutput:
+        """The same render, channels last per ray, with the quadrature weights and the depths.
+
+        rows=(start, stop) renders only those pixel rows of the out_im_res^2 image (H = stop - start in
+        every output): large surface renders go row band by row band to bound memory."""
         cam_poses, focal, near, far = self._check_inputs(cam_poses, focal, near, far, styles)
         if return_eikonal and not torch.is_grad_enabled():
             raise ValueError("VolumeFeatureRenderer: return_eikonal=True needs gradient mode (the eikonal term "
                              "is a gradient); call it outside torch.no_grad()/inference_mode()")
         samples = self._samples(cam_poses, focal, near, far, jitter=self.perturb > 0,
-                                stratified=not self.offset_sampling, track_points=return_eikonal)
+                                stratified=not self.offset_sampling, track_points=return_eikonal,
+                                rows=self._check_rows(rows))
         raw, sdf = self.network.forward_raw_and_sdf(samples.net_points, samples.viewdirs.unsqueeze(-2), styles)
         eikonal = self._eikonal_term(sdf, samples.points) if return_eikonal else None
 
@@ -480,10 +484,30 @@ class VolumeFeatureRenderer(nn.Module):
 
     # --- internals --------------------------------------------------------------------------------
 
+    def set_n_samples(self, n_samples: int) -> None:
+        """Changes the samples per ray (e.g. 64 for videos, 128 for surfaces, as the official scripts do);
+        the weights do not depend on it."""
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"VolumeFeatureRenderer.set_n_samples: n_samples must be an int >= 1, got {n_samples!r}")
+        self.n_samples = n_samples
+        self.t_vals = make_t_vals(n_samples, self.offset_sampling, device=self.t_vals.device)
+
+    def _check_rows(self, rows) -> Optional[Tuple[int, int]]:
+        if rows is None:
+            return None
+        if (not isinstance(rows, (tuple, list)) or len(rows) != 2
+                or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows)
+                or not 0 <= rows[0] < rows[1] <= self.out_im_res):
+            raise ValueError(f"VolumeFeatureRenderer: rows must be (start, stop) with 0 <= start < stop <= "
+                             f"{self.out_im_res}, got {rows!r}")
+        return tuple(rows)
+
     def _samples(self, cam_poses, focal, near, far, *, jitter: bool, stratified: bool,
-                 track_points: bool) -> _Samples:
+                 track_points: bool, rows: Optional[Tuple[int, int]] = None) -> _Samples:
         # cam_poses [B, 3, 4], focal/near/far [B, 1, 1]
         i, j, t_vals = self._grid_constants(cam_poses.dtype)
+        if rows is not None:
+            i, j = i[:, rows[0]:rows[1]], j[:, rows[0]:rows[1]]   # [1, rows, W]
         rays_o, rays_d, dirs = camera_rays(cam_poses, focal, i, j, self.out_im_res)
         viewdirs = dirs if self.static_viewdirs else rays_d
         viewdirs = viewdirs / torch.linalg.vector_norm(viewdirs, dim=-1, keepdim=True)

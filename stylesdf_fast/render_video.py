@@ -1,0 +1,135 @@
+"""python -m stylesdf_fast.render_video --ckpt PATH [--trajectory azimuth|ellipse] [--frames 250] [--depth]
+
+For each identity, a video of the camera moving along the official trajectories (STYLESDF.md section
+6): `azimuth` sweeps the azimuth (1.5 x the training range) at elevation 0; `ellipse` (the official
+default) also moves the elevation. The decoder noise is fixed across frames. MP4 through imageio-ffmpeg
+(which ships its own ffmpeg), GIF when asked (--format gif) or when no ffmpeg works.
+With --depth, a second video shades the surface seen in each frame (normals of the rendered surface
+points, Lambertian light; no PyTorch3D):
+  video_NNN_<trajectory>.mp4, video_NNN_<trajectory>_depth.mp4, videos.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .generation import cli
+from .generation.sampling import (DEFAULT_TRUNCATION, LoadedModel, describe, identity_latents, render_surface,
+                                  renderer_latents, to_uint8, truncation_centres, view_cameras,
+                                  write_json_atomic)
+from .generation.video import shade_normals, video_info, write_video
+from .models.cameras import azimuth_sweep_trajectory, ellipse_trajectory
+
+VIDEO_SAMPLES = 64   # samples per ray of the official render_video.py
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.render_video", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_common_arguments(parser, truncation=DEFAULT_TRUNCATION,
+                             outdir_help="output folder (default: videos/<checkpoint name>)")
+    parser.add_argument("--identities", type=int, default=1, help="videos to render, one identity each")
+    parser.add_argument("--trajectory", choices=("azimuth", "ellipse"), default="ellipse",
+                        help="camera path (official default: ellipse; --azim_video: azimuth)")
+    parser.add_argument("--frames", type=int, default=250, help="frames per video (official: 250)")
+    parser.add_argument("--fps", type=int, default=25, help="frames per second")
+    parser.add_argument("--format", choices=("mp4", "gif"), default="mp4", help="video container")
+    parser.add_argument("--samples", type=int, default=VIDEO_SAMPLES,
+                        help=f"samples per ray of the renderer (official video: {VIDEO_SAMPLES})")
+    parser.add_argument("--depth", action="store_true", help="also write the shaded-surface (depth) video")
+    parser.add_argument("--depth-resolution", type=int, default=128,
+                        help="surface renders of the depth video: rays per side and samples per ray")
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    cli.check_common_arguments(parser, args)
+    for name in ("identities", "frames", "fps", "samples"):
+        if getattr(args, name) < 1:
+            cli.fail(parser, f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.depth_resolution < 8:
+        cli.fail(parser, f"--depth-resolution must be >= 8, got {args.depth_resolution}")
+
+
+def trajectory(name: str, frames: int, model: LoadedModel) -> torch.Tensor:
+    """Camera angles [frames, 2] of the official video trajectories, for the model's pose ranges."""
+    cams = model.cameras
+    if name == "azimuth":
+        return azimuth_sweep_trajectory(frames, azim_range=cams.azim_range, uniform=cams.uniform)
+    return ellipse_trajectory(frames, azim_range=cams.azim_range, elev_range=cams.elev_range, uniform=cams.uniform)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    device = cli.pick_device(parser, args.device)
+    model = cli.load_or_fail(parser, args, device)
+    model.generator.renderer.set_n_samples(args.samples)
+    outdir = cli.prepare_outdir(parser, args.outdir, Path("videos") / Path(args.ckpt).stem, args.overwrite)
+    print(f"model: {describe(model)}\noutput: {outdir}")
+    z = identity_latents(args.identities, model.generator.style_dim, args.seed)
+    centres = truncation_centres(model.generator, args.truncation, seed=args.seed)
+    angles = trajectory(args.trajectory, args.frames, model)
+    written = []
+    for identity in range(args.identities):
+        written += render_identity(model, args, outdir, identity, z[identity:identity + 1], angles, centres)
+    write_json_atomic(outdir / "videos.json", {"checkpoint": model.path, "model": describe(model), "seed": args.seed,
+                                               "truncation": args.truncation, "trajectory": args.trajectory,
+                                               "fps": args.fps, "videos": written})
+    for entry in written:
+        print(f"{entry['path']}: {entry['frames']} frames, {entry['width']}x{entry['height']}")
+    return 0
+
+
+def render_identity(model, args, outdir: Path, identity: int, z: torch.Tensor, angles: torch.Tensor, centres):
+    stem = f"video_{identity:03d}_{args.trajectory}"
+    paths = [write_video(_frames(model, args, z, angles, centres, f"identity {identity}"),
+                         outdir / f"{stem}.{args.format}", fps=args.fps)]
+    if args.depth:
+        w = renderer_latents(model.generator, z, args.truncation, centres)
+        paths.append(write_video(_depth_frames(model, args, w, angles, f"identity {identity} depth"),
+                                 outdir / f"{stem}_depth.{args.format}", fps=args.fps))
+    entries = []
+    for path in paths:
+        frames, height, width = video_info(path)
+        entries.append({"path": str(path), "frames": frames, "height": height, "width": width})
+    return entries
+
+
+@torch.no_grad()
+def _frames(model: LoadedModel, args, z: torch.Tensor, angles: torch.Tensor, centres, label: str) -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3] frames of one identity along the trajectory (full images, or thumbnails of a
+    renderer-only model); the decoder noise buffers are fixed (randomize_noise=False)."""
+    from tqdm import tqdm
+
+    generator = model.generator
+    device = generator.renderer.sigmoid_beta.device
+    with tqdm(total=angles.shape[0], desc=label, unit="frame", dynamic_ncols=True) as bar:
+        for start in range(0, angles.shape[0], args.batch_size):
+            part = angles[start:start + args.batch_size]
+            cams = view_cameras(part, generator.renderer.out_im_res, model.cameras, device)
+            image, thumbnail = generator([z.to(device).expand(part.shape[0], -1)], cams.c2w, cams.focal, cams.near,
+                                         cams.far, truncation=args.truncation, truncation_latent=centres,
+                                         randomize_noise=False)[:2]
+            yield from to_uint8((thumbnail if image is None else image).float().cpu())
+            bar.update(part.shape[0])
+
+
+def _depth_frames(model: LoadedModel, args, w: torch.Tensor, angles: torch.Tensor, label: str) -> Iterator[np.ndarray]:
+    from tqdm import tqdm
+
+    for angle in tqdm(angles, desc=label, unit="frame", dynamic_ncols=True):
+        surface = render_surface(model, w, angle.unsqueeze(0), resolution=args.depth_resolution,
+                                 samples=args.depth_resolution)
+        shaded = shade_normals(surface.xyz, surface.foreground)                   # [1, 3, R, R] in [0, 1]
+        yield (shaded[0].permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
