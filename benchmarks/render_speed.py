@@ -577,8 +577,9 @@ def compare_e2e(case: E2ECase, models, inputs) -> Dict[str, object]:
         elif case.pass_name == "mesh":
             result["sdf"] = _diff_entry(*(_surface_sdf(case, models[impl], inputs) for impl in IMPLS))
             meshes = {impl: make_e2e_step(case, models[impl], inputs)[0]() for impl in IMPLS}
-            result["vertices"] = {"max_abs_diff": None, "max_abs_reference": None,
-                                  **{impl: int(len(mesh.vertices)) for impl, mesh in meshes.items()}}
+            counts = {impl: int(len(mesh.vertices)) for impl, mesh in meshes.items()}
+            result["vertices"] = {"max_abs_diff": None, "max_abs_reference": None, **counts,
+                                  "params": ", ".join(f"{impl} {count}" for impl, count in counts.items())}
         else:
             outs = {}
             for impl in IMPLS:
