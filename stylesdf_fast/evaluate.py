@@ -37,10 +37,7 @@ METRICS = ("fid", "kid", "depth")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common_arguments(parser, truncation=1.0,
-                             outdir_help="output folder for metrics.json (default: evaluations/<checkpoint name>)")
+    parser = cli.new_parser("evaluate", __doc__, truncation=1.0, outdir_root="evaluations")
     parser.add_argument("--dataset", default=None,
                         help="official-format LMDB or a folder of images (fid, kid); default for our checkpoints: "
                              "the dataset they were trained on (the built-in synthetic one included)")
@@ -105,14 +102,11 @@ def _training_dataset(ckpt: str) -> Optional[str]:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    check_arguments(parser, args)
-    device = cli.pick_device(parser, args.device)
-    model = cli.load_or_fail(parser, args, device)
+    args, device, model = cli.start(parser, argv, check_arguments)
     extractor = None
     if {"fid", "kid"} & set(args.metrics):
         extractor = _load_extractor(parser, args.inception, device)
-    outdir = cli.prepare_outdir(parser, args.outdir, Path("evaluations") / Path(args.ckpt).stem, args.overwrite)
+    outdir = cli.output_folder(parser, args)
     print(f"model: {describe(model)}\noutput: {outdir}")
     results: Dict = {"checkpoint": model.path, "model": describe(model), "seed": args.seed,
                      "truncation": args.truncation, "metrics": {}}

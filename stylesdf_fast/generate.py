@@ -31,10 +31,7 @@ from .generation.video import colorize_depth
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common_arguments(parser, truncation=DEFAULT_TRUNCATION,
-                             outdir_help="output folder (default: generated/<checkpoint name>)")
+    parser = cli.new_parser("generate", __doc__, truncation=DEFAULT_TRUNCATION, outdir_root="generated")
     parser.add_argument("--identities", type=int, default=16, help="identities to generate (official: 16)")
     parser.add_argument("--views", "--num_views_per_id", dest="views", type=int, default=1,
                         help="random views per identity, from the training pose distribution")
@@ -60,11 +57,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    check_arguments(parser, args)
-    device = cli.pick_device(parser, args.device)
-    model = cli.load_or_fail(parser, args, device)
-    outdir = cli.prepare_outdir(parser, args.outdir, Path("generated") / Path(args.ckpt).stem, args.overwrite)
+    args, device, model = cli.start(parser, argv, check_arguments)
+    outdir = cli.output_folder(parser, args)
     print(f"model: {describe(model)}\noutput: {outdir}")
     summary = generate(model, args, outdir)
     write_json_atomic(outdir / "generation.json", summary)

@@ -29,10 +29,7 @@ VIDEO_SAMPLES = 64   # samples per ray of the official render_video.py
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.render_video", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_common_arguments(parser, truncation=DEFAULT_TRUNCATION,
-                             outdir_help="output folder (default: videos/<checkpoint name>)")
+    parser = cli.new_parser("render_video", __doc__, truncation=DEFAULT_TRUNCATION, outdir_root="videos")
     parser.add_argument("--identities", type=int, default=1, help="videos to render, one identity each")
     parser.add_argument("--trajectory", choices=("azimuth", "ellipse"), default="ellipse",
                         help="camera path (official default: ellipse; --azim_video: azimuth)")
@@ -66,12 +63,9 @@ def trajectory(name: str, frames: int, model: LoadedModel) -> torch.Tensor:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    check_arguments(parser, args)
-    device = cli.pick_device(parser, args.device)
-    model = cli.load_or_fail(parser, args, device)
+    args, device, model = cli.start(parser, argv, check_arguments)
     model.generator.renderer.set_n_samples(args.samples)
-    outdir = cli.prepare_outdir(parser, args.outdir, Path("videos") / Path(args.ckpt).stem, args.overwrite)
+    outdir = cli.output_folder(parser, args)
     print(f"model: {describe(model)}\noutput: {outdir}")
     z = identity_latents(args.identities, model.generator.style_dim, args.seed)
     centres = truncation_centres(model.generator, args.truncation, seed=args.seed)

@@ -8,8 +8,31 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_common_arguments", "check_common_arguments", "prepare_outdir", "pick_device", "fail",
-           "load_or_fail"]
+__all__ = ["new_parser", "start", "output_folder", "add_common_arguments", "check_common_arguments",
+           "prepare_outdir", "pick_device", "fail", "load_or_fail"]
+
+
+def new_parser(command: str, description: str, *, truncation: float, outdir_root: str) -> argparse.ArgumentParser:
+    """A command's parser with the shared flags; its outputs go to <outdir_root>/<checkpoint name> by default."""
+    parser = argparse.ArgumentParser(prog=f"python -m stylesdf_fast.{command}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, truncation=truncation,
+                         outdir_help=f"output folder (default: {outdir_root}/<checkpoint name>)")
+    parser.set_defaults(outdir_root=outdir_root)
+    return parser
+
+
+def start(parser: argparse.ArgumentParser, argv, check):
+    """Parse and check the arguments (check(parser, args) exits with a usage error on bad input), pick
+    the device, load the checkpoint: (args, device, LoadedModel)."""
+    args = parser.parse_args(argv)
+    check(parser, args)
+    device = pick_device(parser, args.device)
+    return args, device, load_or_fail(parser, args, device)
+
+
+def output_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    return prepare_outdir(parser, args.outdir, Path(args.outdir_root) / Path(args.ckpt).stem, args.overwrite)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, truncation: float, outdir_help: str) -> None:
