@@ -11,8 +11,14 @@ Rows (one iteration = every phase due at that iteration, gradients, optimiser st
   stage2            D step and G step (non-saturating) at the decoder resolution, batch2 images
   stage2_lazy_reg   an iteration that also runs lazy R1 (every 16) and path-length regularisation
                     (every 4)
+Variants: "kernel" (our ops: the fused FiLM-SIREN layers, the fused quadrature, the StyleGAN2 ops),
+"reference" (the eager PyTorch ops), and for stage 1 also "kernel_folded" (our ops, but each FiLM
+modulation folded into a batched GEMM followed by an eager sin: the layer path before the fused
+FiLM-SIREN op). speedup and mem ratio are against the reference row of the same case.
 img/s = images of the G phase per second; peak = memory allocated during the iteration above what
 was held before (CUDA allocator peak; on CPU the profiler's allocation events, see _common.py).
+Targets (issue 8, stage 1, reported, not an exit status): the kernel row >= 1.3x faster and with
+>= 2x lower peak memory than the reference.
 Shapes: "small" = the small preset (32x32 renderer, 16 samples, width 64, 64-px decoder, batch 4);
 "official" = StyleSDF's per-GPU shapes (64x64 renderer, 24 samples, width 256, batch 4 for stage 1;
 1024-px decoder, batch 8 in chunks of 2 for stage 2, as the FFHQ scripts).
@@ -38,6 +44,11 @@ SHAPES = {
                   d1_channel_max=32, batch1=2, chunk1=2, batch2=2, chunk2=2),
 }
 CASES = {"stage1": (1, 1), "stage2": (2, 1), "stage2_lazy_reg": (2, 0)}   # (stage, iteration index)
+# (row name, impl, FiLM-SIREN layer mode or None for the impl's own)
+VARIANTS = {"stage1": [("kernel", "kernel", None), ("kernel_folded", "kernel", "folded"),
+                       ("reference", "reference", None)]}
+DEFAULT_VARIANTS = [("kernel", "kernel", None), ("reference", "reference", None)]
+STAGE1_TARGETS = {"speedup": 1.3, "mem_ratio": 2.0}
 
 
 class _FixedReals:
@@ -50,7 +61,7 @@ class _FixedReals:
         return self.batch
 
 
-def _state(stage: int, shapes: dict, impl: str, device: torch.device):
+def _state(stage: int, shapes: dict, impl: str, film_mode, device: torch.device):
     from stylesdf_fast.training.config import preset_config
     from stylesdf_fast.training.runtime import DistInfo
     from stylesdf_fast.training.stages import build_stage
@@ -58,21 +69,25 @@ def _state(stage: int, shapes: dict, impl: str, device: torch.device):
     values = dict(shapes)
     cfg = preset_config(values.pop("preset"), impl=impl, **values)
     state = build_stage(stage, cfg, DistInfo(device=device))
+    if film_mode is not None:
+        for generator in (state.g, state.g_ema):
+            generator.renderer.set_film_mode(film_mode)
     res = cfg.size if stage == 2 else cfg.renderer_size
     batch = cfg.batch2 if stage == 2 else cfg.batch1
     reals = torch.rand(batch, 3, res, res, device=device) * 2 - 1
     return state, _FixedReals(reals), batch
 
 
-def run_case(case: str, shapes: dict, impl: str, device: torch.device, repeats: int, max_seconds: float):
+def run_case(case: str, shapes: dict, variant, device: torch.device, repeats: int, max_seconds: float):
     from stylesdf_fast.training.loop import _iteration
 
+    name, impl, film_mode = variant
     stage, iteration = CASES[case]
     torch.manual_seed(0)
-    state, stream, batch = _state(stage, shapes, impl, device)
+    state, stream, batch = _state(stage, shapes, impl, film_mode, device)
     measured = _common.measure_step(lambda: _iteration(state, iteration, stream), device=device,
                                     repeats=repeats, warmup=1, max_seconds=max_seconds, min_repeats=2)
-    return {"case": case, "impl": impl, "batch": batch, "median_ms": measured["median_ms"],
+    return {"case": case, "impl": name, "batch": batch, "median_ms": measured["median_ms"],
             "images_per_s": batch / (measured["median_ms"] / 1000), "peak_bytes": measured["peak_bytes"],
             "peak_mib": measured["peak_mib"]}
 
@@ -110,25 +125,40 @@ def main(argv=None) -> int:
         if case not in CASES:
             print(f"unknown case {case!r}; choose from {', '.join(CASES)}", file=sys.stderr)
             return 2
-        for impl in ("kernel", "reference"):
+        for variant in VARIANTS.get(case, DEFAULT_VARIANTS):
             try:
-                rows.append(run_case(case, SHAPES[shape_name], impl, device, repeats, args.max_seconds))
+                rows.append(run_case(case, SHAPES[shape_name], variant, device, repeats, args.max_seconds))
             except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
-                rows.append({"case": case, "impl": impl, "error": f"{type(error).__name__}: {error}"})
-    for kernel_row, reference_row in zip(rows[0::2], rows[1::2]):   # rows come in (kernel, reference) pairs
-        _common.compare_to_reference(kernel_row, reference_row)
+                rows.append({"case": case, "impl": variant[0], "error": f"{type(error).__name__}: {error}"})
+    references = {row["case"]: row for row in rows if row["impl"] == "reference"}
+    for row in rows:
+        if row["impl"] != "reference" and row["case"] in references:
+            _common.compare_to_reference(row, references[row["case"]])
     _common.print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("batch", "batch", "d"),
                                ("median_ms", "ms/iter", ".1f"), ("images_per_s", "img/s", ".2f"),
                                ("peak_mib", "peak MiB", ".0f"), ("speedup", "speedup", ".2f"),
                                ("mem_ratio", "mem ratio", ".2f")])
+    targets = [] if args.quick else stage1_targets(rows)
+    for target in targets:
+        print(f"target: stage1 kernel {target['metric']} >= {target['threshold']}: {target['value']:.2f} "
+              f"{'PASS' if target['passed'] else 'FAIL'}")
     errors = [r for r in rows if r.get("error")]
     for row in errors:
         print(f"error: {row['case']} {row['impl']}: {row['error']}")
     json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"train_speed_{device.type}.json")
     path = _common.write_json(json_path, {"tool": "train_speed", "shapes": shape_name, "shape_values": SHAPES[shape_name],
-                                          "rows": rows}, device=device)
+                                          "rows": rows, "targets": targets}, device=device)
     print(f"wrote {path}")
     return 1 if errors else 0
+
+
+def stage1_targets(rows):
+    """Issue 8's targets on the stage-1 kernel row: speedup and memory ratio against the reference."""
+    kernel = next((r for r in rows if r["case"] == "stage1" and r["impl"] == "kernel" and "error" not in r), None)
+    if kernel is None or "speedup" not in kernel:
+        return []
+    return [{"metric": metric, "threshold": threshold, "value": kernel[metric], "passed": kernel[metric] >= threshold}
+            for metric, threshold in STAGE1_TARGETS.items() if kernel.get(metric) is not None]
 
 
 if __name__ == "__main__":

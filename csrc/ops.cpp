@@ -49,6 +49,13 @@ TORCH_LIBRARY(stylesdf_fast, m) {
       "sdf_volume_render_packed_backward(Tensor? grad_rgb_map, Tensor? grad_feature_map, Tensor? grad_weights, "
       "Tensor raw, int rgb_offset, int sdf_offset, int feature_offset, int channels, Tensor z_vals, "
       "Tensor ray_norm, Tensor beta, bool force_background, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("film_siren(Tensor x, Tensor gamma, Tensor beta) -> Tensor");
+  m.def(
+      "film_siren_backward(Tensor grad, Tensor x, Tensor gamma, Tensor beta) -> (Tensor grad_x, Tensor grad_gamma, "
+      "Tensor grad_beta)");
+  m.def(
+      "film_siren_double_backward(Tensor? gg_x, Tensor? gg_gamma, Tensor? gg_beta, Tensor grad, Tensor x, "
+      "Tensor gamma, Tensor beta) -> (Tensor d_grad, Tensor d_x, Tensor d_gamma, Tensor d_beta)");
 }
 
 TORCH_LIBRARY_IMPL(stylesdf_fast, CompositeExplicitAutograd, m) {
@@ -63,6 +70,9 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
   m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cpu);
   m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cpu);
   m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cpu);
+  m.impl("film_siren", &stylesdf_fast::film_siren_cpu);
+  m.impl("film_siren_backward", &stylesdf_fast::film_siren_backward_cpu);
+  m.impl("film_siren_double_backward", &stylesdf_fast::film_siren_double_backward_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -74,5 +84,8 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
   m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cuda);
   m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cuda);
   m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cuda);
+  m.impl("film_siren", &stylesdf_fast::film_siren_cuda);
+  m.impl("film_siren_backward", &stylesdf_fast::film_siren_backward_cuda);
+  m.impl("film_siren_double_backward", &stylesdf_fast::film_siren_double_backward_cuda);
 }
 #endif

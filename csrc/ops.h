@@ -50,6 +50,20 @@ std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cpu(
     int64_t feature_offset, int64_t channels, const at::Tensor& z_vals, const at::Tensor& ray_norm,
     const at::Tensor& beta, bool force_background, std::array<bool, 2> output_mask);
 
+// film_siren: y = sin(gamma[b, c] * x[b, n, c] + beta[b, c]); x [B, ..., C] (rank >= 2, seen as
+// [B, N, C]), gamma and beta [B, C] of x's dtype (or float32 when x is float16/bfloat16).
+at::Tensor film_siren_cpu(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta);
+// Returns (grad_x, grad_gamma, grad_beta), each in its input's dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> film_siren_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                       const at::Tensor& gamma,
+                                                                       const at::Tensor& beta);
+// The vector-Jacobian product of film_siren_backward with the cotangents gg_x [B, ..., C],
+// gg_gamma, gg_beta [B, C] of its outputs (absent = zero). Returns (d_grad, d_x, d_gamma, d_beta).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_backward_cpu(
+    const std::optional<at::Tensor>& gg_x, const std::optional<at::Tensor>& gg_gamma,
+    const std::optional<at::Tensor>& gg_beta, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& gamma,
+    const at::Tensor& beta);
+
 #ifdef WITH_CUDA
 at::Tensor fused_leaky_relu_cuda(const at::Tensor& input, const std::optional<at::Tensor>& bias,
                                  double negative_slope, double scale);
@@ -77,6 +91,14 @@ std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cuda(
     const std::optional<at::Tensor>& grad_weights, const at::Tensor& raw, int64_t rgb_offset, int64_t sdf_offset,
     int64_t feature_offset, int64_t channels, const at::Tensor& z_vals, const at::Tensor& ray_norm,
     const at::Tensor& beta, bool force_background, std::array<bool, 2> output_mask);
+at::Tensor film_siren_cuda(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> film_siren_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                        const at::Tensor& gamma,
+                                                                        const at::Tensor& beta);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_backward_cuda(
+    const std::optional<at::Tensor>& gg_x, const std::optional<at::Tensor>& gg_gamma,
+    const std::optional<at::Tensor>& gg_beta, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& gamma,
+    const at::Tensor& beta);
 #endif
 
 }  // namespace stylesdf_fast

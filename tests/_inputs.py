@@ -22,6 +22,10 @@ SAME_DTYPE_TOL = {
     torch.float64: (1e-10, 1e-12),
     torch.float32: (1e-5, 1e-5),
 }
+# Results whose absolute error scales with the tensor's largest value rather than with each entry:
+# sums over many rows in two different orders (one entry can cancel to near zero), and sin/cos of
+# arguments of tens of radians (film_siren at SIREN scale), rounded to eps * |u| before the sin.
+SCALED_RTOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 # Half storage vs a float32 reference on the same (rounded) inputs: a few output ulps.
 LOW_PRECISION_ULPS = 4
 
@@ -40,6 +44,13 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     else:
         rtol, atol = low_precision_tol(dtype, expected.abs().max().item() if expected.numel() else 1.0)
     torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol, msg=msg or None)
+
+
+def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    """SCALED_RTOL of expected's dtype, relative to each entry and to the largest one."""
+    rtol = SCALED_RTOL[expected.dtype]
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=rtol * scale, msg=msg or None)
 
 
 # --- layouts --------------------------------------------------------------------------------------
@@ -94,3 +105,35 @@ def make_fir_kernel(shape, dtype=torch.float64, device="cpu", seed=0) -> torch.T
 requires_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and _extension.status().cuda), reason="needs a CUDA GPU and the CUDA kernels"
 )
+
+
+# --- film_siren cases: x_lin [B, ..., C], gamma and beta [B, C] ------------------------------------
+FILM_SIREN_SHAPES = [
+    (2, 5, 3),  # the gradcheck size
+    (4, 7),  # rank 2: one row per batch item
+    (2, 3, 4, 5),  # [B, H, W, C]
+    (2, 2, 3, 2, 3),  # [B, H, W, S, C], as the renderer calls it
+    (1, 1, 1),
+    (3, 17, 33),  # odd sizes, channels past one 32-wide tile
+    (2, 1000, 8),  # several row chunks per batch item
+    (0, 4, 3),  # empty batch
+    (2, 0, 3),  # no rows: gamma/beta gradients are zeros
+    (2, 4, 0),  # no channels
+    (2, 0, 5, 3),
+]
+
+
+def make_film_siren_inputs(shape, dtype=torch.float32, device="cpu", param_dtype=None, siren_scale=False, seed=0):
+    """(x_lin, gamma, beta) for x_lin of `shape`. siren_scale: StyleSDF's magnitudes (gamma around 30,
+    the FiLM offset), where sin runs through many periods; otherwise gamma around 1."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, channels = shape[0], shape[-1]
+
+    def randn(*size):
+        return torch.randn(size, generator=generator, dtype=torch.float64)
+
+    x = randn(*shape) * (0.5 if siren_scale else 1.0)
+    gamma = (30.0 + 3.0 * randn(batch, channels)) if siren_scale else (1.0 + 0.5 * randn(batch, channels))
+    beta = 0.25 * randn(batch, channels) if siren_scale else randn(batch, channels)
+    param_dtype = param_dtype or dtype
+    return x.to(dtype=dtype, device=device), gamma.to(param_dtype).to(device), beta.to(param_dtype).to(device)

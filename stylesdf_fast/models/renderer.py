@@ -9,8 +9,10 @@ and `renderer = VolumeFeatureRenderer()` has exactly the 65 keys of an official 
 `g_ema` (STYLESDF.md 2.2); the ray grid and the sample positions are non-persistent buffers.
 
 The per-ray quadrature (SDF -> density -> alpha -> weights -> colour and feature sums) is the fused
-op `ops.sdf_volume_render_raw`; this module generates rays and samples, runs the SIREN on the
-samples, and derives xyz, mask and the eikonal term. Legend: B batch, H/W image height/width
+op `ops.sdf_volume_render_raw`, and each FiLM-SIREN layer's modulation + sine the fused op
+`ops.film_siren` after the layer's GEMM (impl="reference": the official formulas op by op); this
+module generates rays and samples, runs the SIREN on the samples, and derives xyz, mask and the
+eikonal term. Legend: B batch, H/W image height/width
 (H = W = out_im_res), S samples per ray, C feature channels.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import _extension
+from ..ops.film_siren import film_siren
 from ..ops.fused_leaky_relu import fused_leaky_relu
 from ..ops.sdf_volume_render import sdf_volume_render_raw
 
@@ -47,6 +50,8 @@ SIGMOID_BETA_INIT = 0.1  # initial SDF-to-density temperature (STYLESDF.md 1.5)
 FILM_GAMMA_SCALE, FILM_GAMMA_OFFSET = 15.0, 30.0  # gamma = 15 (A w + a) + 30
 FILM_BETA_SCALE = 0.25  # beta = 0.25 (B w + b)
 SIREN_FREQ_DIVISOR = 25.0  # non-first SIREN weights U(+-sqrt(6/in)/25)
+FILM_MODES = ("eager", "fused", "folded")  # FiLMSiren.film_mode
+FAST_FILM_MODE = "fused"  # the mode of impl "auto" / "kernel" (benchmarks/train_speed.py compares them)
 Number = Union[float, int, torch.Tensor]
 
 
@@ -163,12 +168,20 @@ class FiLMSiren(nn.Module):
         self.gamma = LinearLayer(style_dim, out_channel, bias_init=FILM_GAMMA_OFFSET, std_init=FILM_GAMMA_SCALE)
         self.beta = LinearLayer(style_dim, out_channel, bias_init=0.0, std_init=FILM_BETA_SCALE)
 
-    #: fold the FiLM scale and shift into the layer's GEMM (set by the renderer for impl != "reference")
-    fold_film: bool = False
+    #: how FiLM + sine is computed (set by the renderer from its impl, FILM_MODES): "eager" the official
+    #: formula op by op (the oracle), "fused" the GEMM then the fused film_siren op, "folded" the
+    #: FiLM scale and shift folded into a batched GEMM, then sin
+    film_mode: str = "eager"
+    #: impl of the fused op ("auto", "kernel" or "reference")
+    impl: str = "auto"
 
     def forward(self, input: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         # input [B, ..., in], style [B, style_dim] -> [B, ..., out]
-        if self.fold_film and input.dim() >= 2 and input.shape[0] == style.shape[0]:
+        per_item = input.dim() >= 2 and input.shape[0] == style.shape[0]
+        if self.film_mode == "fused" and per_item:
+            x_lin = F.linear(input, self.weight, self.bias)  # [B, ..., out], the only tensor the op keeps
+            return film_siren(x_lin, self.gamma(style), self.beta(style), impl=self.impl)
+        if self.film_mode == "folded" and per_item:
             return self._folded_forward(input, style)
         out = F.linear(input, self.weight, self.bias)
         # The official views gamma as [B, 1, 1, 1, style_dim]: right only for 5-d input and
@@ -191,7 +204,7 @@ class FiLMSiren(nn.Module):
         return torch.sin(out).reshape(*input.shape[:-1], self.out_channel)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channel}, {self.out_channel}, fold_film={self.fold_film}"
+        return f"{self.in_channel}, {self.out_channel}, film_mode={self.film_mode!r}"
 
 
 class SirenGenerator(nn.Module):
@@ -377,7 +390,7 @@ class VolumeFeatureRenderer(nn.Module):
         self.force_background = force_background
         self.return_xyz = return_xyz
         self.return_sdf = return_sdf
-        self.impl = _check_impl("VolumeFeatureRenderer", impl)
+        self._impl = _check_impl("VolumeFeatureRenderer", impl)
 
         self.sigmoid_beta = nn.Parameter(SIGMOID_BETA_INIT * torch.ones(1))
         i, j = pixel_grid(out_im_res)
@@ -387,11 +400,28 @@ class VolumeFeatureRenderer(nn.Module):
         self.register_buffer("t_vals", make_t_vals(n_samples, offset_sampling), persistent=False)  # [S]
         self.network = SirenGenerator(depth=depth, width=width, style_dim=style_dim,
                                       output_features=output_features)
-        # impl="reference" runs the official formulas op by op (the oracle); the fast path folds
-        # each FiLM modulation into its layer's GEMM (same function, fewer passes and saved tensors).
+        self.impl = self.impl   # the setter configures the FiLM-SIREN layers
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        # impl="reference" runs the official formulas op by op (the oracle); otherwise each layer's
+        # FiLM + sine is one fused op after its GEMM (FAST_FILM_MODE), which keeps only the GEMM output
+        # for the backward and the eikonal double backward.
+        self._impl = _check_impl("VolumeFeatureRenderer", value)
+        self.set_film_mode("eager" if self._impl == "reference" else FAST_FILM_MODE)
+
+    def set_film_mode(self, mode: str) -> None:
+        """How every FiLM-SIREN layer computes sin(gamma (W x + b) + beta): FILM_MODES (for benchmarks;
+        the impl setter picks the mode)."""
+        if mode not in FILM_MODES:
+            raise ValueError(f"VolumeFeatureRenderer.set_film_mode: mode must be one of {FILM_MODES}, got {mode!r}")
         for layer in self.network.modules():
             if isinstance(layer, FiLMSiren):
-                layer.fold_film = self.impl != "reference"
+                layer.film_mode, layer.impl = mode, self._impl
 
     @property
     def output_features(self) -> bool:

@@ -1,5 +1,6 @@
 """Public ops: validation, dispatch between the compiled kernels and the pure-PyTorch reference,
 autograd and fake kernels for torch.compile. Every op takes impl="auto" | "kernel" | "reference"."""
+from .film_siren import film_siren
 from .fused_leaky_relu import FusedLeakyReLU, fused_leaky_relu
 from .sdf_volume_render import (
     VolumeRenderOutput,
@@ -19,6 +20,7 @@ from .upfirdn2d import (
 )
 
 __all__ = [
+    "film_siren",
     "fused_leaky_relu",
     "FusedLeakyReLU",
     "upfirdn2d",
