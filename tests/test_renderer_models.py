@@ -494,6 +494,26 @@ def test_stage1_losses_and_every_gradient_agree_between_kernel_and_reference(fil
         torch.testing.assert_close(kernel_grads[name], grad, rtol=1e-8, atol=1e-10, msg=name)
 
 
+def test_fused_layers_do_not_keep_their_outputs_for_the_next_gemm():
+    """With fused FiLM-SIREN layers the next GEMM recomputes its input from the fused op's own saved
+    x_lin instead of keeping the layer output: after the forward (graph alive, eikonal included)
+    nothing references the first layer's output any more (a reference kept by the saved-tensor hooks
+    once made the recomputation save nothing)."""
+    import gc
+    import weakref
+
+    renderer = tiny_renderer(impl="auto")
+    outputs = []
+    handle = renderer.network.pts_linears[0].register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o)))
+    c2w, focal, near, far = cameras(2, 4)
+    out = renderer(c2w, focal, near, far, torch.randn(2, 8, dtype=torch.float64), return_eikonal=True)
+    handle.remove()
+    gc.collect()
+    assert outputs[0]() is None
+    ((out.eikonal_term.norm(dim=-1) - 1) ** 2).mean().backward()    # and the graph still differentiates
+    assert renderer.network.pts_linears[1].weight.grad.abs().sum() > 0
+
+
 def test_impl_switch_reconfigures_the_film_layers():
     renderer = tiny_renderer(impl="reference")
     assert all(layer.film_mode == "eager" for layer in renderer.network.modules() if isinstance(layer, FiLMSiren))

@@ -35,6 +35,7 @@ __all__ = [
     "make_renderer_mapping",
     "LinearLayer",
     "FiLMSiren",
+    "linear_recomputing_input",
     "SirenGenerator",
     "VolumeFeatureRenderer",
     "RendererOutput",
@@ -116,6 +117,42 @@ def make_renderer_mapping(style_dim: int = 256, n_layers: int = 3, *, impl: str 
     return RendererMapping(style_dim, n_layers, impl=impl)
 
 
+# --- recomputing a fused layer's output instead of keeping it ------------------------------------------
+
+_RECIPE = "_film_siren_recipe"   # attribute of a fused FiLM-SIREN output: (x_lin, gamma, beta, impl)
+
+
+class _Recompute(NamedTuple):
+    recipe: tuple
+    shape: torch.Size
+
+
+def linear_recomputing_input(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear(input, weight, bias); when input is a fused FiLM-SIREN output (it carries its recipe),
+    the GEMM's saved copy of input is replaced by that recipe and recomputed in the backward: the op
+    keeps x_lin for its own backward anyway, so the layer output need not be kept as well (one
+    [points, width] tensor less per layer, for the weight gradient only)."""
+    recipe = getattr(input, _RECIPE, None)
+    if recipe is None or not torch.is_grad_enabled():
+        return F.linear(input, weight, bias)
+    # plain values only: the hooks may outlive this call, and a reference to input would keep it alive
+    pointer, numel, dtype = input.data_ptr(), input.numel(), input.dtype
+
+    def pack(tensor: torch.Tensor):
+        if tensor.data_ptr() == pointer and tensor.numel() == numel and tensor.dtype == dtype:
+            return _Recompute(recipe, tensor.shape)
+        return tensor
+
+    def unpack(packed):
+        if isinstance(packed, _Recompute):
+            x_lin, gamma, beta, impl = packed.recipe
+            return film_siren(x_lin, gamma, beta, impl=impl).reshape(packed.shape)
+        return packed
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return F.linear(input, weight, bias)
+
+
 # --- SIREN building blocks (STYLESDF.md 1.4) ------------------------------------------------------
 
 class LinearLayer(nn.Module):
@@ -140,7 +177,7 @@ class LinearLayer(nn.Module):
         self.std_init = std_init
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        out = F.linear(input, self.weight, self.bias)
+        out = linear_recomputing_input(input, self.weight, self.bias)
         if self.std_init != 1:
             out = self.std_init * out
         if self.bias_init != 0:
@@ -179,8 +216,12 @@ class FiLMSiren(nn.Module):
         # input [B, ..., in], style [B, style_dim] -> [B, ..., out]
         per_item = input.dim() >= 2 and input.shape[0] == style.shape[0]
         if self.film_mode == "fused" and per_item:
-            x_lin = F.linear(input, self.weight, self.bias)  # [B, ..., out], the only tensor the op keeps
-            return film_siren(x_lin, self.gamma(style), self.beta(style), impl=self.impl)
+            x_lin = linear_recomputing_input(input, self.weight, self.bias)  # [B, ..., out]: all the op keeps
+            gamma, beta = self.gamma(style), self.beta(style)
+            out = film_siren(x_lin, gamma, beta, impl=self.impl)
+            if out.requires_grad:   # only then did the op keep x_lin (else the recipe would keep it alive)
+                setattr(out, _RECIPE, (x_lin, gamma, beta, self.impl))   # the next GEMM recomputes, not keeps, out
+            return out
         if self.film_mode == "folded" and per_item:
             return self._folded_forward(input, style)
         out = F.linear(input, self.weight, self.bias)
