@@ -86,4 +86,43 @@ inline FilmRowChunks film_row_chunks(int64_t rows, int64_t channels, int64_t max
   return {chunk_rows, std::max<int64_t>(1, (rows + chunk_rows - 1) / chunk_rows)};
 }
 
+// What the CPU and CUDA double backward share before their loops: the checked shape, contiguous
+// inputs, the parameters and cotangents in the math dtype (zeros for absent gg_gamma / gg_beta), and
+// the allocated outputs (d_gamma / d_beta in the math dtype, cast back by the caller).
+struct FilmDoubleBackwardArgs {
+  FilmSirenShape shape;
+  at::ScalarType acc;
+  at::Tensor x, grad, gg_x;                   // [B, N, C] contiguous; gg_x undefined when absent
+  at::Tensor gamma, beta, gg_gamma, gg_beta;  // [B, C] in acc; defined only for a non-empty x
+  at::Tensor d_grad, d_x, d_gamma, d_beta;
+};
+
+inline FilmDoubleBackwardArgs prepare_film_double_backward(
+    const char* op, const std::optional<at::Tensor>& gg_x_arg, const std::optional<at::Tensor>& gg_gamma_arg,
+    const std::optional<at::Tensor>& gg_beta_arg, const at::Tensor& grad_arg, const at::Tensor& x_arg,
+    const at::Tensor& gamma_arg, const at::Tensor& beta_arg) {
+  FilmDoubleBackwardArgs a;
+  a.shape = check_film_siren_args(op, x_arg, gamma_arg, beta_arg);
+  check_film_siren_grad(op, "grad", grad_arg, x_arg);
+  const bool has_gg_x = gg_x_arg.has_value() && gg_x_arg->defined();
+  if (has_gg_x) check_film_siren_grad(op, "gg_x", *gg_x_arg, x_arg);
+  a.acc = film_acc_type(x_arg.scalar_type());
+  a.gg_gamma = film_optional_params_as_acc(op, "gg_gamma", gg_gamma_arg, gamma_arg, a.acc);
+  a.gg_beta = film_optional_params_as_acc(op, "gg_beta", gg_beta_arg, gamma_arg, a.acc);
+  a.x = x_arg.contiguous();
+  a.grad = grad_arg.contiguous();
+  if (has_gg_x) a.gg_x = gg_x_arg->contiguous();
+  a.d_grad = at::empty(a.x.sizes(), a.x.options());
+  a.d_x = at::empty(a.x.sizes(), a.x.options());
+  a.d_gamma = at::zeros(gamma_arg.sizes(), gamma_arg.options().dtype(a.acc));
+  a.d_beta = at::zeros(beta_arg.sizes(), beta_arg.options().dtype(a.acc));
+  if (a.x.numel() > 0) {
+    a.gamma = film_params_as_acc(gamma_arg, a.acc);
+    a.beta = film_params_as_acc(beta_arg, a.acc);
+    if (!a.gg_gamma.defined()) a.gg_gamma = at::zeros(a.gamma.sizes(), a.gamma.options());
+    if (!a.gg_beta.defined()) a.gg_beta = at::zeros(a.gamma.sizes(), a.gamma.options());
+  }
+  return a;
+}
+
 }  // namespace stylesdf_fast

@@ -261,37 +261,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_bac
     const std::optional<at::Tensor>& gg_x_arg, const std::optional<at::Tensor>& gg_gamma_arg,
     const std::optional<at::Tensor>& gg_beta_arg, const at::Tensor& grad_arg, const at::Tensor& x_arg,
     const at::Tensor& gamma_arg, const at::Tensor& beta_arg) {
-  const char* op = "film_siren_double_backward";
-  const FilmSirenShape shape = check_film_siren_args(op, x_arg, gamma_arg, beta_arg);
-  check_film_siren_grad(op, "grad", grad_arg, x_arg);
-  const bool has_gg_x = gg_x_arg.has_value() && gg_x_arg->defined();
-  if (has_gg_x) check_film_siren_grad(op, "gg_x", *gg_x_arg, x_arg);
-  const at::ScalarType acc = film_acc_type(x_arg.scalar_type());
-  at::Tensor gg_gamma = film_optional_params_as_acc(op, "gg_gamma", gg_gamma_arg, gamma_arg, acc);
-  at::Tensor gg_beta = film_optional_params_as_acc(op, "gg_beta", gg_beta_arg, gamma_arg, acc);
-  const at::Tensor x = x_arg.contiguous(), grad = grad_arg.contiguous();
-  const at::Tensor gg_x = has_gg_x ? gg_x_arg->contiguous() : at::Tensor();
-  at::Tensor d_grad = at::empty(x.sizes(), x.options());
-  at::Tensor d_x = at::empty(x.sizes(), x.options());
-  at::Tensor d_gamma = at::zeros(gamma_arg.sizes(), gamma_arg.options().dtype(acc));
-  at::Tensor d_beta = at::zeros(beta_arg.sizes(), beta_arg.options().dtype(acc));
-  if (x.numel() > 0) {
-    const at::Tensor gamma = film_params_as_acc(gamma_arg, acc), beta = film_params_as_acc(beta_arg, acc);
-    if (!gg_gamma.defined()) gg_gamma = at::zeros(gamma.sizes(), gamma.options());
-    if (!gg_beta.defined()) gg_beta = at::zeros(gamma.sizes(), gamma.options());
-    const int64_t C = shape.channels;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "film_siren_double_backward_cpu", [&] {
+  FilmDoubleBackwardArgs a = prepare_film_double_backward("film_siren_double_backward", gg_x_arg, gg_gamma_arg,
+                                                          gg_beta_arg, grad_arg, x_arg, gamma_arg, beta_arg);
+  if (a.x.numel() > 0) {
+    const int64_t C = a.shape.channels;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "film_siren_double_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* ggx = has_gg_x ? gg_x.const_data_ptr<scalar_t>() : nullptr;
-      const acc_t* ggg = gg_gamma.const_data_ptr<acc_t>();
-      const acc_t* ggb = gg_beta.const_data_ptr<acc_t>();
-      const scalar_t* g = grad.const_data_ptr<scalar_t>();
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      const acc_t* gp = gamma.const_data_ptr<acc_t>();
-      const acc_t* bp = beta.const_data_ptr<acc_t>();
-      scalar_t* dg = d_grad.mutable_data_ptr<scalar_t>();
-      scalar_t* dx = d_x.mutable_data_ptr<scalar_t>();
-      reduce_rows<acc_t>(shape, d_gamma.mutable_data_ptr<acc_t>(), d_beta.mutable_data_ptr<acc_t>(),
+      const scalar_t* ggx = a.gg_x.defined() ? a.gg_x.const_data_ptr<scalar_t>() : nullptr;
+      const acc_t* ggg = a.gg_gamma.const_data_ptr<acc_t>();
+      const acc_t* ggb = a.gg_beta.const_data_ptr<acc_t>();
+      const scalar_t* g = a.grad.const_data_ptr<scalar_t>();
+      const scalar_t* xp = a.x.const_data_ptr<scalar_t>();
+      const acc_t* gp = a.gamma.const_data_ptr<acc_t>();
+      const acc_t* bp = a.beta.const_data_ptr<acc_t>();
+      scalar_t* dg = a.d_grad.mutable_data_ptr<scalar_t>();
+      scalar_t* dx = a.d_x.mutable_data_ptr<scalar_t>();
+      reduce_rows<acc_t>(a.shape, a.d_gamma.mutable_data_ptr<acc_t>(), a.d_beta.mutable_data_ptr<acc_t>(),
                          [&](int64_t b, int64_t begin, int64_t end, acc_t* sum_gamma, acc_t* sum_beta) {
                            double_backward_rows<scalar_t, acc_t>(ggx, ggg + b * C, ggb + b * C, g, xp, gp + b * C,
                                                                  bp + b * C, dg, dx, sum_gamma, sum_beta, C, begin,
@@ -299,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_bac
                          });
     });
   }
-  return {d_grad, d_x, d_gamma.to(gamma_arg.scalar_type()), d_beta.to(beta_arg.scalar_type())};
+  return {a.d_grad, a.d_x, a.d_gamma.to(gamma_arg.scalar_type()), a.d_beta.to(beta_arg.scalar_type())};
 }
 
 }  // namespace stylesdf_fast

@@ -242,46 +242,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_bac
     const std::optional<at::Tensor>& gg_x_arg, const std::optional<at::Tensor>& gg_gamma_arg,
     const std::optional<at::Tensor>& gg_beta_arg, const at::Tensor& grad_arg, const at::Tensor& x_arg,
     const at::Tensor& gamma_arg, const at::Tensor& beta_arg) {
-  const char* op = "film_siren_double_backward";
-  const FilmSirenShape shape = check_film_siren_args(op, x_arg, gamma_arg, beta_arg);
-  check_film_siren_grad(op, "grad", grad_arg, x_arg);
-  const bool has_gg_x = gg_x_arg.has_value() && gg_x_arg->defined();
-  if (has_gg_x) check_film_siren_grad(op, "gg_x", *gg_x_arg, x_arg);
-  const c10::cuda::CUDAGuard device_guard(x_arg.device());
-  const at::ScalarType acc = film_acc_type(x_arg.scalar_type());
-  at::Tensor gg_gamma = film_optional_params_as_acc(op, "gg_gamma", gg_gamma_arg, gamma_arg, acc);
-  at::Tensor gg_beta = film_optional_params_as_acc(op, "gg_beta", gg_beta_arg, gamma_arg, acc);
-  const at::Tensor x = x_arg.contiguous(), grad = grad_arg.contiguous();
-  const at::Tensor gg_x = has_gg_x ? gg_x_arg->contiguous() : at::Tensor();
-  at::Tensor d_grad = at::empty(x.sizes(), x.options());
-  at::Tensor d_x = at::empty(x.sizes(), x.options());
-  at::Tensor d_gamma = at::zeros(gamma_arg.sizes(), gamma_arg.options().dtype(acc));
-  at::Tensor d_beta = at::zeros(beta_arg.sizes(), beta_arg.options().dtype(acc));
-  if (x.numel() > 0) {
-    const at::Tensor gamma = film_params_as_acc(gamma_arg, acc), beta = film_params_as_acc(beta_arg, acc);
-    if (!gg_gamma.defined()) gg_gamma = at::zeros(gamma.sizes(), gamma.options());
-    if (!gg_beta.defined()) gg_beta = at::zeros(gamma.sizes(), gamma.options());
+  // checks first (clear errors for mixed devices); ATen's own ops in there guard their devices
+  FilmDoubleBackwardArgs a = prepare_film_double_backward("film_siren_double_backward", gg_x_arg, gg_gamma_arg,
+                                                          gg_beta_arg, grad_arg, x_arg, gamma_arg, beta_arg);
+  const c10::cuda::CUDAGuard device_guard(x_arg.device());   // for our launches and the stream
+  if (a.x.numel() > 0) {
+    const FilmSirenShape& shape = a.shape;
     const TilePlan plan = plan_of(shape);
-    at::Tensor partial = at::empty({shape.batch, plan.chunks.num_chunks, 2, shape.channels}, gamma.options());
+    at::Tensor partial = at::empty({shape.batch, plan.chunks.num_chunks, 2, shape.channels}, a.gamma.options());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const dim3 block(kTileChannels, kTileRows);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "film_siren_double_backward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "film_siren_double_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       film_siren_double_backward_kernel<scalar_t, acc_t>
           <<<static_cast<unsigned>(plan.tile_blocks()), block, 0, stream>>>(
-              has_gg_x ? gg_x.const_data_ptr<scalar_t>() : nullptr, gg_gamma.const_data_ptr<acc_t>(),
-              gg_beta.const_data_ptr<acc_t>(), grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-              gamma.const_data_ptr<acc_t>(), beta.const_data_ptr<acc_t>(), d_grad.mutable_data_ptr<scalar_t>(),
-              d_x.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), shape.rows, shape.channels,
+              a.gg_x.defined() ? a.gg_x.const_data_ptr<scalar_t>() : nullptr, a.gg_gamma.const_data_ptr<acc_t>(),
+              a.gg_beta.const_data_ptr<acc_t>(), a.grad.const_data_ptr<scalar_t>(), a.x.const_data_ptr<scalar_t>(),
+              a.gamma.const_data_ptr<acc_t>(), a.beta.const_data_ptr<acc_t>(), a.d_grad.mutable_data_ptr<scalar_t>(),
+              a.d_x.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), shape.rows, shape.channels,
               plan.chunks.chunk_rows, plan.chunks.num_chunks);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       film_siren_finish_kernel<acc_t><<<static_cast<unsigned>(plan.finish_blocks()), block, 0, stream>>>(
-          partial.const_data_ptr<acc_t>(), d_gamma.mutable_data_ptr<acc_t>(), d_beta.mutable_data_ptr<acc_t>(),
+          partial.const_data_ptr<acc_t>(), a.d_gamma.mutable_data_ptr<acc_t>(), a.d_beta.mutable_data_ptr<acc_t>(),
           shape.channels, plan.chunks.num_chunks);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {d_grad, d_x, d_gamma.to(gamma_arg.scalar_type()), d_beta.to(beta_arg.scalar_type())};
+  return {a.d_grad, a.d_x, a.d_gamma.to(gamma_arg.scalar_type()), a.d_beta.to(beta_arg.scalar_type())};
 }
 
 }  // namespace stylesdf_fast
