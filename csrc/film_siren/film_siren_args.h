@@ -86,6 +86,35 @@ inline FilmRowChunks film_row_chunks(int64_t rows, int64_t channels, int64_t max
   return {chunk_rows, std::max<int64_t>(1, (rows + chunk_rows - 1) / chunk_rows)};
 }
 
+// What the CPU and CUDA backward share before their loops: the checked shape, contiguous inputs,
+// the parameters in the math dtype, and the allocated outputs (grad_gamma / grad_beta in the math
+// dtype, cast back by the caller).
+struct FilmBackwardArgs {
+  FilmSirenShape shape;
+  at::Tensor x, grad;                         // [B, N, C] contiguous
+  at::Tensor gamma, beta;                     // [B, C] in the math dtype; defined only for a non-empty x
+  at::Tensor grad_x, grad_gamma, grad_beta;
+};
+
+inline FilmBackwardArgs prepare_film_backward(const at::Tensor& grad_arg, const at::Tensor& x_arg,
+                                              const at::Tensor& gamma_arg, const at::Tensor& beta_arg) {
+  const char* op = "film_siren_backward";
+  FilmBackwardArgs a;
+  a.shape = check_film_siren_args(op, x_arg, gamma_arg, beta_arg);
+  check_film_siren_grad(op, "grad", grad_arg, x_arg);
+  a.x = x_arg.contiguous();
+  a.grad = grad_arg.contiguous();
+  const at::ScalarType acc = film_acc_type(a.x.scalar_type());
+  a.grad_x = at::empty(a.x.sizes(), a.x.options());
+  a.grad_gamma = at::zeros(gamma_arg.sizes(), gamma_arg.options().dtype(acc));
+  a.grad_beta = at::zeros(beta_arg.sizes(), beta_arg.options().dtype(acc));
+  if (a.x.numel() > 0) {
+    a.gamma = film_params_as_acc(gamma_arg, acc);
+    a.beta = film_params_as_acc(beta_arg, acc);
+  }
+  return a;
+}
+
 // What the CPU and CUDA double backward share before their loops: the checked shape, contiguous
 // inputs, the parameters and cotangents in the math dtype (zeros for absent gg_gamma / gg_beta), and
 // the allocated outputs (d_gamma / d_beta in the math dtype, cast back by the caller).

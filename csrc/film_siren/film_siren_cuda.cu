@@ -207,17 +207,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> film_siren_backward_cuda(const at
                                                                         const at::Tensor& x_arg,
                                                                         const at::Tensor& gamma_arg,
                                                                         const at::Tensor& beta_arg) {
-  const char* op = "film_siren_backward";
-  const FilmSirenShape shape = check_film_siren_args(op, x_arg, gamma_arg, beta_arg);
-  check_film_siren_grad(op, "grad", grad_arg, x_arg);
-  const c10::cuda::CUDAGuard device_guard(x_arg.device());
-  const at::Tensor x = x_arg.contiguous(), grad = grad_arg.contiguous();
-  const at::ScalarType acc = film_acc_type(x.scalar_type());
-  at::Tensor grad_x = at::empty(x.sizes(), x.options());
-  at::Tensor grad_gamma = at::zeros(gamma_arg.sizes(), gamma_arg.options().dtype(acc));
-  at::Tensor grad_beta = at::zeros(beta_arg.sizes(), beta_arg.options().dtype(acc));
+  FilmBackwardArgs a = prepare_film_backward(grad_arg, x_arg, gamma_arg, beta_arg);
+  const FilmSirenShape& shape = a.shape;
+  const at::Tensor &x = a.x, &grad = a.grad, &gamma = a.gamma, &beta = a.beta;
+  at::Tensor &grad_x = a.grad_x, &grad_gamma = a.grad_gamma, &grad_beta = a.grad_beta;
+  const c10::cuda::CUDAGuard device_guard(x_arg.device());   // for our launches and the stream
   if (x.numel() > 0) {
-    const at::Tensor gamma = film_params_as_acc(gamma_arg, acc), beta = film_params_as_acc(beta_arg, acc);
     const TilePlan plan = plan_of(shape);
     at::Tensor partial = at::empty({shape.batch, plan.chunks.num_chunks, 2, shape.channels}, gamma.options());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
