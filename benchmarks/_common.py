@@ -106,6 +106,39 @@ def time_step(
     }
 
 
+def time_interleaved(
+    steps: Dict[str, Callable[[], object]],
+    *,
+    device,
+    repeats: int,
+    max_seconds: Optional[float] = None,
+    min_repeats: int = 3,
+) -> Dict[str, Dict[str, object]]:
+    """time_step for several steps at once, in rounds: each round times one call of every step, in
+    an order that rotates from round to round, so that a change in the machine's load (other
+    processes on a shared machine move CPU times by 15%) falls on every step alike. The steps
+    should be warmed up already. Returns {name: time_step's dict}; with `max_seconds`, stops once
+    the rounds took that long and `min_repeats` were made."""
+    names = list(steps)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    spent = 0.0
+    for round_index in range(max(repeats, 1)):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            start = time.perf_counter()
+            steps[name]()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+        if max_seconds is not None and spent >= max_seconds and round_index + 1 >= min_repeats:
+            break
+    return {name: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3,
+                   "mean_ms": statistics.fmean(t) * 1e3, "max_ms": max(t) * 1e3, "repeats": len(t),
+                   "times_ms": [x * 1e3 for x in t]} for name, t in times.items()}
+
+
 # --- peak memory ----------------------------------------------------------------------------------
 
 def _cpu_memory_events(prof) -> List[tuple]:
@@ -368,6 +401,13 @@ def git_info(path: Optional[os.PathLike] = None) -> Dict[str, object]:
     return {"commit": commit, "dirty": None if status is None or commit is None else bool(status)}
 
 
+def _read_text(path: str) -> Optional[str]:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
 def environment_metadata(device) -> Dict[str, object]:
     device = torch.device(device)
     meta: Dict[str, object] = {
@@ -382,6 +422,9 @@ def environment_metadata(device) -> Dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        # large CPU tensors on transparent huge pages (benchmarks/_allocator.py) or glibc's default
+        "thp_mem_alloc_enable_env": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "transparent_hugepage": _read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
         # other processes competing for the cores make every number noisier
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -459,6 +502,14 @@ def prefer_installed_package(repo_root) -> None:
         sys.path.insert(0, str(repo_root))
 
 
+def allocator_note(env: Dict[str, object]) -> str:
+    """One line saying how large CPU tensors were allocated (it changes CPU times by up to 1.5x)."""
+    flag = env.get("thp_mem_alloc_enable_env")
+    mode = "transparent huge pages" if flag == "1" else "glibc default (page by page)"
+    return (f"CPU allocator for large tensors: {mode} (THP_MEM_ALLOC_ENABLE={flag}; "
+            f"system setting: {env.get('transparent_hugepage')})")
+
+
 def begin_run(tool: str, args, extension_note: str = ""):
     """The preamble every benchmark prints and records: device and threads, which compiled extension
     is measured, the peak-memory method and the machine's copy bandwidth. Returns a dict with
@@ -477,6 +528,7 @@ def begin_run(tool: str, args, extension_note: str = ""):
     print(f"{tool}: device {device} ({env['device_name']}), torch {env['torch']}, "
           f"{env['torch_threads']} threads, {'quick' if args.quick else 'full'} run, "
           f"load average at start {env['load_average_1_5_15']}")
+    print(allocator_note(env))
     ext_file = extension_file_info()
     print(f"extension: loaded={ext.loaded} cuda={ext.cuda} built_with_torch={ext.built_with_torch} "
           f"{extension_note}file mtime {ext_file.get('file_mtime')} "

@@ -16,9 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _allocator  # noqa: E402,F401  (before torch)
+import torch  # noqa: E402
+
 import _common  # noqa: E402
 
 _common.prefer_installed_package(Path(__file__).resolve().parent.parent)

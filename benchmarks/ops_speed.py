@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _allocator  # noqa: E402,F401  (before torch)
 import torch  # noqa: E402
 
 import _common  # noqa: E402

@@ -15,6 +15,9 @@ Variants: "kernel" (our ops: the fused FiLM-SIREN layers, the fused quadrature, 
 "reference" (the eager PyTorch ops), and for stage 1 also "kernel_folded" (our ops, but each FiLM
 modulation folded into a batched GEMM followed by an eager sin: the layer path before the fused
 FiLM-SIREN op). speedup and mem ratio are against the reference row of the same case.
+Timing: the variants of a case are built and warmed up together, then timed in interleaved rounds
+(one iteration of each per round, rotating order), so that load changes on a shared machine fall on
+every row alike; the median over rounds is reported, with every time in the JSON.
 img/s = images of the G phase per second; peak = memory allocated during the iteration above what
 was held before (CUDA allocator peak; on CPU the profiler's allocation events, see _common.py).
 Targets (issue 8, stage 1, reported, not an exit status): the kernel row >= 1.3x faster and with
@@ -30,9 +33,10 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _allocator  # noqa: E402,F401  (before torch)
+import torch  # noqa: E402
+
 import _common  # noqa: E402
 
 _common.prefer_installed_package(Path(__file__).resolve().parent.parent)
@@ -78,18 +82,44 @@ def _state(stage: int, shapes: dict, impl: str, film_mode, device: torch.device)
     return state, _FixedReals(reals), batch
 
 
-def run_case(case: str, shapes: dict, variant, device: torch.device, repeats: int, max_seconds: float):
+def prepare_variant(case: str, shapes: dict, variant, device: torch.device):
+    """Builds one variant's training state, warms it up and measures its peak memory; returns
+    (step, row without times)."""
     from stylesdf_fast.training.loop import _iteration
 
     name, impl, film_mode = variant
     stage, iteration = CASES[case]
     torch.manual_seed(0)
     state, stream, batch = _state(stage, shapes, impl, film_mode, device)
-    measured = _common.measure_step(lambda: _iteration(state, iteration, stream), device=device,
-                                    repeats=repeats, warmup=1, max_seconds=max_seconds, min_repeats=2)
-    return {"case": case, "impl": name, "batch": batch, "median_ms": measured["median_ms"],
-            "images_per_s": batch / (measured["median_ms"] / 1000), "peak_bytes": measured["peak_bytes"],
-            "peak_mib": measured["peak_mib"]}
+
+    def step():
+        _iteration(state, iteration, stream)
+
+    step()   # warm-up (lazy initialisation, allocator, oneDNN/cuDNN choices)
+    peak = _common.peak_memory(step, device=device)
+    return step, {"case": case, "impl": name, "batch": batch, "peak_bytes": peak, "peak_mib": peak / _common.MIB}
+
+
+def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: int, max_seconds: float):
+    """Rows of every variant of one case: peak memory one variant at a time, then the times of all
+    variants interleaved round by round (_common.time_interleaved), so that load changes on a shared
+    machine fall on the kernel and the reference rows alike."""
+    rows, steps = [], {}
+    for variant in variants:
+        try:
+            steps[variant[0]], row = prepare_variant(case, shapes, variant, device)
+        except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
+            row = {"case": case, "impl": variant[0], "error": f"{type(error).__name__}: {error}"}
+        rows.append(row)
+    if steps:
+        timings = _common.time_interleaved(steps, device=device, repeats=repeats,
+                                           max_seconds=max_seconds * len(steps), min_repeats=2)
+        for row in rows:
+            if row["impl"] in timings:
+                median_ms = timings[row["impl"]]["median_ms"]
+                row.update(median_ms=median_ms, images_per_s=row["batch"] / (median_ms / 1000),
+                           times_ms=timings[row["impl"]]["times_ms"])
+    return rows
 
 
 def parse_args(argv):
@@ -98,8 +128,9 @@ def parse_args(argv):
     parser.add_argument("--shapes", choices=("small", "official"), default=None,
                         help="default: small on CPU, official on GPU")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one timed repeat (smoke test)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed iterations per row (default 5, quick 1)")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a row after this long")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (iterations per row; default 7, quick 1)")
+    parser.add_argument("--max-seconds", type=float, default=20.0,
+                        help="stop timing a case after about this long per row")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     parser.add_argument("--json", default=None, help="output path (default benchmarks/train_speed_<device>.json)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
@@ -115,21 +146,19 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shape_name = "quick" if args.quick else (args.shapes or ("official" if device.type == "cuda" else "small"))
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 7)
     env = _common.environment_metadata(device)
     print(f"train_speed: device {device} ({env['device_name']}), torch {env['torch']}, {env['torch_threads']} threads, "
           f"shapes {shape_name}")
+    print(_common.allocator_note(env))
     _common.report_peak_memory_method(device)
     rows = []
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         if case not in CASES:
             print(f"unknown case {case!r}; choose from {', '.join(CASES)}", file=sys.stderr)
             return 2
-        for variant in VARIANTS.get(case, DEFAULT_VARIANTS):
-            try:
-                rows.append(run_case(case, SHAPES[shape_name], variant, device, repeats, args.max_seconds))
-            except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
-                rows.append({"case": case, "impl": variant[0], "error": f"{type(error).__name__}: {error}"})
+        rows += run_case(case, SHAPES[shape_name], VARIANTS.get(case, DEFAULT_VARIANTS), device, repeats,
+                         args.max_seconds)
     references = {row["case"]: row for row in rows if row["impl"] == "reference"}
     for row in rows:
         if row["impl"] != "reference" and row["case"] in references:

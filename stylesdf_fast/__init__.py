@@ -8,9 +8,18 @@ synthetic 3D dataset; `stylesdf_fast.generation` images, depth, meshes and video
 (`stylesdf_fast.generate_images`, `stylesdf_fast.extract_mesh`, ...); `stylesdf_fast.evaluation` FID,
 KID and depth consistency. Those two import scikit-image, trimesh and imageio on first use only.
 """
-import torch  # noqa: F401  (the compiled extension needs libtorch loaded first)
+import os as _os
+import sys as _sys
 
-from . import data, models, ops, reference
+if "torch" not in _sys.modules:
+    # Large CPU tensors on transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE, read once when
+    # torch starts): a fresh 100 MB activation then costs 50 page faults, not 25,000, which made the
+    # CPU stage-1 step 1.2x faster (README, "CPU memory"). Set THP_MEM_ALLOC_ENABLE=0 to opt out.
+    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402,F401  (the compiled extension needs libtorch loaded first)
+
+from . import data, models, ops, reference  # noqa: E402
 from .models import load_generator
 from ._extension import KernelFallbackWarning, KernelUnavailableError, status as extension_status
 

@@ -53,6 +53,63 @@ def test_forward_backward_match_reference(device, shape, dtype, siren_scale):
         assert torch.all(grads_k[1] == 0) and torch.all(grads_k[2] == 0)
 
 
+def float32_phase_case(phases):
+    """x = the given float32 phases as [1, N, C] with gamma = 1 and beta = 0, so u = x exactly, and a
+    random cotangent; float64 copies of all of it for the exact answer."""
+    x = phases.reshape(1, -1, 8).float()
+    gamma, beta = torch.ones(1, 8), torch.zeros(1, 8)
+    cotangent = torch.randn_like(x)
+    return (x, gamma, beta, cotangent), tuple(t.double() for t in (x, gamma, beta, cotangent))
+
+
+def first_and_second_order(x, gamma, beta, cotangent, impl):
+    """The output, its vjp and the vjp of that vjp's x-gradient (the eikonal pattern)."""
+    inputs = (leaf(x), leaf(gamma), leaf(beta))
+    out = ops.film_siren(*inputs, impl=impl)
+    grads = torch.autograd.grad(out, inputs, cotangent, create_graph=True)
+    second = torch.autograd.grad(grads[0].sin().sum(), inputs)
+    return [out, *grads, *second]
+
+
+@requires_kernels
+def test_float32_sines_and_cosines_are_accurate_over_the_whole_fast_range():
+    """The CPU kernel's own vectorised sine/cosine (float32 phases up to |u| = 8192): within 2 float32
+    ulps of 1 of the exact float64 answer at the same float32 phases, in every output that uses them."""
+    torch.manual_seed(0)
+    phases = torch.cat([torch.linspace(-8192, 8192, 40_000), torch.rand(40_000) * 20 - 10,
+                        torch.tensor([0.0, -0.0, 1e-30, torch.pi / 4, torch.pi / 2, torch.pi, 8191.99])])
+    phases = phases[: phases.numel() // 8 * 8]
+    case32, case64 = float32_phase_case(phases)
+    got = first_and_second_order(*case32, impl="kernel")
+    exact = first_and_second_order(*case64, impl="reference")
+    # [out, grad_x, ...]: out and grad_x are elementwise (cotangent scale ~4); the rest are sums
+    assert (got[0].double() - exact[0]).abs().max() <= 2.4e-7
+    assert (got[1].double() - exact[1]).abs().max() <= 2.4e-7 * 4 * case64[3].abs().max()
+    for g, e in zip(got[2:], exact[2:]):
+        torch.testing.assert_close(g.detach().double(), e.detach(), rtol=1e-4, atol=1e-3 * float(e.detach().abs().max()) + 1e-6)
+
+
+@requires_kernels
+@pytest.mark.parametrize("bad", [1.0e5, -3.0e6, 2.0e7, float("inf"), float("nan")], ids=str)
+def test_float32_phases_outside_the_fast_range_fall_back_to_the_c_library(bad):
+    """A block holding a phase the fast reduction cannot handle (|u| > 8192, inf, NaN) is recomputed
+    with sinf/cosf: large phases stay accurate and non-finite ones give NaN, as torch.sin does."""
+    torch.manual_seed(1)
+    phases = torch.rand(4096) * 20 - 10
+    phases[1234] = bad
+    case32, case64 = float32_phase_case(phases)
+    got = first_and_second_order(*case32, impl="kernel")
+    expected = first_and_second_order(*case32, impl="reference")
+    exact = first_and_second_order(*case64, impl="reference")
+    for g, e in zip(got, expected):
+        assert torch.equal(g.isnan(), e.isnan())
+    if torch.isfinite(torch.tensor(bad)):
+        assert (got[0].double() - exact[0]).abs().max() <= 2.4e-7
+        assert (got[1].double() - exact[1]).abs().max() <= 2.4e-7 * 4 * case64[3].abs().max()
+    else:
+        assert got[0].flatten()[1234].isnan() and got[0].flatten()[:1234].isfinite().all()
+
+
 def strided_case(device, dtype=torch.float64):
     """Non-contiguous x_lin (a permuted view), gamma and beta (every other column), and cotangent."""
     base = torch.randn(2, 6, 5, 4, dtype=dtype, device=device)  # stored [B, W, H, C] ...

@@ -514,6 +514,30 @@ def test_fused_layers_do_not_keep_their_outputs_for_the_next_gemm():
     assert renderer.network.pts_linears[1].weight.grad.abs().sum() > 0
 
 
+def test_layer_outputs_are_recomputed_only_for_the_weight_gradients(monkeypatch):
+    """The eikonal pass (autograd.grad to the sample points, inside the forward) computes no weight
+    gradient, so it must not recompute the fused layers' outputs; the final backward must."""
+    import stylesdf_fast.models.renderer as renderer_module
+
+    recomputed = []   # the phase ("forward" or "backward") of every film_siren call made by the engine
+    phase = ["forward"]
+    original = renderer_module.film_siren
+
+    def counting_film_siren(*args, **kwargs):
+        if torch._C._current_autograd_node() is not None:
+            recomputed.append(phase[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(renderer_module, "film_siren", counting_film_siren)
+    renderer = tiny_renderer(impl="auto")
+    c2w, focal, near, far = cameras(2, 4)
+    out = renderer(c2w, focal, near, far, torch.randn(2, 8, dtype=torch.float64), return_eikonal=True)
+    phase[0] = "backward"
+    (out.rgb.square().mean() + ((out.eikonal_term.norm(dim=-1) - 1) ** 2).mean()).backward()
+    assert "forward" not in recomputed
+    assert recomputed.count("backward") >= 2
+
+
 def test_impl_switch_reconfigures_the_film_layers():
     renderer = tiny_renderer(impl="reference")
     assert all(layer.film_mode == "eager" for layer in renderer.network.modules() if isinstance(layer, FiLMSiren))

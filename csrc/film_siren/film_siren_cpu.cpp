@@ -1,162 +1,161 @@
 // CPU FiLM-SIREN activation y = sin(gamma x + beta) on x [B, N, C]: forward, backward and double
-// backward. Each task takes a block of rows of one batch item: it forms the phases u = gamma x + beta
-// in a small buffer, takes their sines/cosines with ATen's vectorised kernels (SLEEF, several times
-// faster than a scalar libm loop), then finishes with the shared per-element math of
-// film_siren_math.h. The sums over n (gamma's and beta's gradients) are accumulated per fixed chunk
-// of rows into a workspace and then added chunk by chunk in order, so they do not depend on the
-// thread count.
+// backward. Each task takes blocks of rows of one batch item and makes one pass over them: phase,
+// sine/cosine and the shared per-element math of film_siren_math.h in the same loop, which the
+// compiler vectorises (float: the branch-free sincos of film_siren_sincos.h; a block with a phase it
+// cannot reduce exactly, |u| > 8192 or NaN, is recomputed with sinf/cosf). The sums over n (gamma's
+// and beta's gradients) are accumulated per block, then per fixed chunk of rows into a workspace,
+// and then added chunk by chunk in order, so they do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/sin.h>
-#include <ATen/ops/cos.h>
-#include <c10/core/InferenceMode.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../common/cpu_multiversion.h"
 #include "../ops.h"
 #include "film_siren_args.h"
 #include "film_siren_math.h"
+#include "film_siren_sincos.h"
 
 namespace stylesdf_fast {
 namespace {
 
 constexpr int64_t kMaxChunks = 64;          // per batch item: enough tasks for the cores, small workspace
 constexpr int64_t kMinChunkElements = 4096;  // no chunk smaller than this many elements
-constexpr int64_t kBlockElements = 32768;    // sines/cosines computed per vectorised call (128 KiB of floats)
+constexpr int64_t kBlockElements = 16384;    // elements per block: the unit of the out-of-range retry
 
-// sin and cos of a block of phases u, with ATen's vectorised (SLEEF) kernels: a scalar sinf/cosf loop
-// is several times slower than the eager torch.sin this op replaces. Called inside at::parallel_for,
-// where ATen runs the op on the calling thread.
+// Sine and cosine policies of the row loops. FastTrig (float only) vectorises and flags phases it
+// cannot reduce exactly; ExactTrig calls the C library and never flags.
+struct FastTrig {
+  static inline float sin(float u) { return film_sincos_fast(u).s; }
+  static inline float cos(float u) { return film_sincos_fast(u).c; }
+  static inline FilmSinCos sincos(float u) { return film_sincos_fast(u); }
+  static inline bool out_of_range(float u) { return film_phase_out_of_range(u); }
+};
+
 template <typename acc_t>
-void sin_cos_block(acc_t* u, int64_t count, acc_t* sin_out, bool want_cos) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  at::Tensor phases = at::from_blob(u, {count}, options);
-  if (sin_out != nullptr) {
-    at::Tensor sines = at::from_blob(sin_out, {count}, options);
-    at::sin_out(sines, phases);
-  }
-  if (want_cos) phases.cos_();
-}
+struct ExactTrig {
+  struct Pair {
+    acc_t s, c;
+  };
+  static inline acc_t sin(acc_t u) { return film_sin(u); }
+  static inline acc_t cos(acc_t u) { return film_cos(u); }
+  static inline Pair sincos(acc_t u) { return {film_sin(u), film_cos(u)}; }
+  static inline bool out_of_range(acc_t) { return false; }
+};
 
-// u[i] = gamma[c] x[r, c] + beta[c] for rows [begin, end) of one batch item (gamma, beta: its [C] rows).
-template <typename scalar_t, typename acc_t>
-SSDF_CPU_MULTIVERSION void phases_rows(const scalar_t* __restrict__ x, const acc_t* __restrict__ gamma,
-                                       const acc_t* __restrict__ beta, acc_t* __restrict__ u, int64_t channels,
-                                       int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    const scalar_t* __restrict__ xr = x + r * channels;
-    acc_t* __restrict__ ur = u + (r - begin) * channels;
-    for (int64_t c = 0; c < channels; ++c) ur[c] = gamma[c] * static_cast<acc_t>(xr[c]) + beta[c];
+// Runs block(trig) with FastTrig where it applies (float accumulation) and again with ExactTrig when
+// the fast pass flagged a phase; block returns whether it flagged one. reset() runs before each pass
+// (it clears the block's partial sums).
+template <typename acc_t, typename BlockFn, typename ResetFn>
+void run_block(const BlockFn& block, const ResetFn& reset) {
+  reset();
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (!block(FastTrig{})) return;
+    reset();
   }
+  block(ExactTrig<acc_t>{});
 }
 
 // Rows [begin, end) of the forward pass, all in one batch item (gamma, beta: its [C] rows).
-template <typename scalar_t, typename acc_t>
-void forward_rows(const scalar_t* x, const acc_t* gamma, const acc_t* beta, scalar_t* y, int64_t channels,
-                  int64_t begin, int64_t end, std::vector<acc_t>& buffer) {
-  const int64_t block_rows = std::max<int64_t>(1, kBlockElements / channels);
-  for (int64_t r0 = begin; r0 < end; r0 += block_rows) {
-    const int64_t r1 = std::min(end, r0 + block_rows), count = (r1 - r0) * channels;
-    buffer.resize(static_cast<size_t>(count));
-    phases_rows<scalar_t, acc_t>(x, gamma, beta, buffer.data(), channels, r0, r1);
-    sin_cos_block<acc_t>(buffer.data(), count, buffer.data(), false);   // in place: u -> sin(u)
-    std::copy(buffer.begin(), buffer.begin() + count, y + r0 * channels);
+template <typename scalar_t, typename acc_t, typename Trig>
+SSDF_CPU_MULTIVERSION bool forward_block(const scalar_t* __restrict__ x, const acc_t* __restrict__ gamma,
+                                         const acc_t* __restrict__ beta, scalar_t* __restrict__ y, int64_t channels,
+                                         int64_t begin, int64_t end) {
+  int flagged = 0;
+  for (int64_t r = begin; r < end; ++r) {
+    const scalar_t* __restrict__ xr = x + r * channels;
+    scalar_t* __restrict__ yr = y + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const acc_t u = gamma[c] * static_cast<acc_t>(xr[c]) + beta[c];
+      yr[c] = static_cast<scalar_t>(Trig::sin(u));
+      flagged |= Trig::out_of_range(u);
+    }
   }
+  return flagged != 0;
 }
 
 // Rows [begin, end) of batch item b's backward: writes grad_x, adds the gamma/beta terms to sums[C].
 // Every pointer is __restrict__: without it the compiler must assume the per-channel sums alias the
 // rows and cannot vectorise the loop (measured: several times slower).
-template <typename scalar_t, typename acc_t>
-SSDF_CPU_MULTIVERSION void backward_finish(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                           const acc_t* __restrict__ gamma, const acc_t* __restrict__ cosines,
-                                           scalar_t* __restrict__ grad_x, acc_t* __restrict__ sum_gamma,
-                                           acc_t* __restrict__ sum_beta, int64_t channels, int64_t begin,
-                                           int64_t end) {
+template <typename scalar_t, typename acc_t, typename Trig>
+SSDF_CPU_MULTIVERSION bool backward_block(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                          const acc_t* __restrict__ gamma, const acc_t* __restrict__ beta,
+                                          scalar_t* __restrict__ grad_x, acc_t* __restrict__ sum_gamma,
+                                          acc_t* __restrict__ sum_beta, int64_t channels, int64_t begin,
+                                          int64_t end) {
+  int flagged = 0;
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* __restrict__ gr = grad + r * channels;
     const scalar_t* __restrict__ xr = x + r * channels;
-    const acc_t* __restrict__ cr = cosines + (r - begin) * channels;
     scalar_t* __restrict__ dxr = grad_x + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
+      const acc_t xv = static_cast<acc_t>(xr[c]);
+      const acc_t u = gamma[c] * xv + beta[c];
       const FilmSirenVjp<acc_t> v =
-          film_siren_vjp_given_cos(static_cast<acc_t>(gr[c]), static_cast<acc_t>(xr[c]), gamma[c], cr[c]);
+          film_siren_vjp_given_cos(static_cast<acc_t>(gr[c]), xv, gamma[c], static_cast<acc_t>(Trig::cos(u)));
       dxr[c] = static_cast<scalar_t>(v.dx);
       sum_gamma[c] += v.dgamma;
       sum_beta[c] += v.dbeta;
+      flagged |= Trig::out_of_range(u);
     }
   }
+  return flagged != 0;
 }
 
-template <typename scalar_t, typename acc_t>
-void backward_rows(const scalar_t* grad, const scalar_t* x, const acc_t* gamma, const acc_t* beta, scalar_t* grad_x,
-                   acc_t* sum_gamma, acc_t* sum_beta, int64_t channels, int64_t begin, int64_t end) {
-  const int64_t block_rows = std::max<int64_t>(1, kBlockElements / channels);
-  std::vector<acc_t> cosines;
-  for (int64_t r0 = begin; r0 < end; r0 += block_rows) {
-    const int64_t r1 = std::min(end, r0 + block_rows), count = (r1 - r0) * channels;
-    cosines.resize(static_cast<size_t>(count));
-    phases_rows<scalar_t, acc_t>(x, gamma, beta, cosines.data(), channels, r0, r1);
-    sin_cos_block<acc_t>(cosines.data(), count, nullptr, true);
-    backward_finish<scalar_t, acc_t>(grad, x, gamma, cosines.data(), grad_x, sum_gamma, sum_beta, channels, r0, r1);
-  }
-}
-
-// Rows [begin, end) of batch item b's double backward given the sines and cosines of the block;
-// gg_x may be null, gg_gamma/gg_beta are batch item b's rows of the cotangents (zeros when absent).
-template <typename scalar_t, typename acc_t, bool kHasGgX>
-SSDF_CPU_MULTIVERSION void double_backward_finish(const scalar_t* __restrict__ gg_x,
-                                                  const acc_t* __restrict__ gg_gamma,
-                                                  const acc_t* __restrict__ gg_beta, const scalar_t* __restrict__ grad,
-                                                  const scalar_t* __restrict__ x, const acc_t* __restrict__ gamma,
-                                                  const acc_t* __restrict__ sines, const acc_t* __restrict__ cosines,
-                                                  scalar_t* __restrict__ d_grad, scalar_t* __restrict__ d_x,
-                                                  acc_t* __restrict__ sum_gamma, acc_t* __restrict__ sum_beta,
-                                                  int64_t channels, int64_t begin, int64_t end) {
+// Rows [begin, end) of batch item b's double backward; gg_x may be null, gg_gamma/gg_beta are batch
+// item b's rows of the cotangents (zeros when absent).
+template <typename scalar_t, typename acc_t, typename Trig, bool kHasGgX>
+SSDF_CPU_MULTIVERSION bool double_backward_block(const scalar_t* __restrict__ gg_x, const acc_t* __restrict__ gg_gamma,
+                                                 const acc_t* __restrict__ gg_beta, const scalar_t* __restrict__ grad,
+                                                 const scalar_t* __restrict__ x, const acc_t* __restrict__ gamma,
+                                                 const acc_t* __restrict__ beta, scalar_t* __restrict__ d_grad,
+                                                 scalar_t* __restrict__ d_x, acc_t* __restrict__ sum_gamma,
+                                                 acc_t* __restrict__ sum_beta, int64_t channels, int64_t begin,
+                                                 int64_t end) {
+  int flagged = 0;
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t o = r * channels, ob = (r - begin) * channels;
+    const int64_t o = r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const acc_t ggx = kHasGgX ? static_cast<acc_t>(gg_x[o + c]) : acc_t(0);
+      const acc_t xv = static_cast<acc_t>(x[o + c]);
+      const acc_t u = gamma[c] * xv + beta[c];
+      const auto sc = Trig::sincos(u);
       const FilmSirenDoubleVjp<acc_t> v = film_siren_double_vjp_given_sincos(
-          ggx, gg_gamma[c], gg_beta[c], static_cast<acc_t>(grad[o + c]), static_cast<acc_t>(x[o + c]), gamma[c],
-          sines[ob + c], cosines[ob + c]);
+          ggx, gg_gamma[c], gg_beta[c], static_cast<acc_t>(grad[o + c]), xv, gamma[c], static_cast<acc_t>(sc.s),
+          static_cast<acc_t>(sc.c));
       d_grad[o + c] = static_cast<scalar_t>(v.d_grad);
       d_x[o + c] = static_cast<scalar_t>(v.d_x);
       sum_gamma[c] += v.d_gamma;
       sum_beta[c] += v.d_beta;
+      flagged |= Trig::out_of_range(u);
     }
   }
+  return flagged != 0;
 }
 
-template <typename scalar_t, typename acc_t>
-void double_backward_rows(const scalar_t* gg_x, const acc_t* gg_gamma, const acc_t* gg_beta, const scalar_t* grad,
-                          const scalar_t* x, const acc_t* gamma, const acc_t* beta, scalar_t* d_grad, scalar_t* d_x,
-                          acc_t* sum_gamma, acc_t* sum_beta, int64_t channels, int64_t begin, int64_t end) {
+// Rows [begin, end) in blocks of about kBlockElements: block_fn(trig, r0, r1, block_gamma,
+// block_beta) adds one block's gamma/beta terms to the zeroed [C] block sums, which are then added
+// to sum_gamma and sum_beta (so a block retried with ExactTrig starts over from zero).
+template <typename acc_t, typename BlockFn>
+void reduce_blocks(int64_t channels, int64_t begin, int64_t end, acc_t* sum_gamma, acc_t* sum_beta,
+                   const BlockFn& block_fn) {
   const int64_t block_rows = std::max<int64_t>(1, kBlockElements / channels);
-  std::vector<acc_t> sines, cosines;
+  std::vector<acc_t> block_sums(static_cast<size_t>(2 * channels));
+  acc_t* block_gamma = block_sums.data();
+  acc_t* block_beta = block_gamma + channels;
   for (int64_t r0 = begin; r0 < end; r0 += block_rows) {
-    const int64_t r1 = std::min(end, r0 + block_rows), count = (r1 - r0) * channels;
-    sines.resize(static_cast<size_t>(count));
-    cosines.resize(static_cast<size_t>(count));
-    phases_rows<scalar_t, acc_t>(x, gamma, beta, cosines.data(), channels, r0, r1);
-    sin_cos_block<acc_t>(cosines.data(), count, sines.data(), true);
-    if (gg_x != nullptr) {   // the branch is taken once per block, not per element
-      double_backward_finish<scalar_t, acc_t, true>(gg_x, gg_gamma, gg_beta, grad, x, gamma, sines.data(),
-                                                    cosines.data(), d_grad, d_x, sum_gamma, sum_beta, channels, r0,
-                                                    r1);
-    } else {
-      double_backward_finish<scalar_t, acc_t, false>(gg_x, gg_gamma, gg_beta, grad, x, gamma, sines.data(),
-                                                     cosines.data(), d_grad, d_x, sum_gamma, sum_beta, channels, r0,
-                                                     r1);
+    const int64_t r1 = std::min(end, r0 + block_rows);
+    run_block<acc_t>([&](auto trig) { return block_fn(trig, r0, r1, block_gamma, block_beta); },
+                     [&] { std::fill(block_sums.begin(), block_sums.end(), acc_t(0)); });
+    for (int64_t c = 0; c < channels; ++c) {
+      sum_gamma[c] += block_gamma[c];
+      sum_beta[c] += block_beta[c];
     }
   }
 }
@@ -214,11 +213,14 @@ at::Tensor film_siren_cpu(const at::Tensor& x_arg, const at::Tensor& gamma_arg, 
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     // tasks: (batch item, block of rows); ranges never straddle two batch items
     at::parallel_for(0, shape.batch * blocks_per_item, 1, [&](int64_t task_begin, int64_t task_end) {
-      std::vector<acc_t> buffer;
       for (int64_t task = task_begin; task < task_end; ++task) {
         const int64_t b = task / blocks_per_item, k = task % blocks_per_item;
         const int64_t begin = b * N + k * block_rows, end = b * N + std::min(N, (k + 1) * block_rows);
-        forward_rows<scalar_t, acc_t>(xp, gp + b * C, bp + b * C, yp, C, begin, end, buffer);
+        run_block<acc_t>(
+            [&](auto trig) {
+              return forward_block<scalar_t, acc_t, decltype(trig)>(xp, gp + b * C, bp + b * C, yp, C, begin, end);
+            },
+            [] {});
       }
     });
   });
@@ -244,8 +246,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> film_siren_backward_cpu(const at:
       scalar_t* dx = grad_x.mutable_data_ptr<scalar_t>();
       reduce_rows<acc_t>(shape, grad_gamma.mutable_data_ptr<acc_t>(), grad_beta.mutable_data_ptr<acc_t>(),
                          [&](int64_t b, int64_t begin, int64_t end, acc_t* sum_gamma, acc_t* sum_beta) {
-                           backward_rows<scalar_t, acc_t>(g, xp, gp + b * C, bp + b * C, dx, sum_gamma, sum_beta,
-                                                          C, begin, end);
+                           reduce_blocks<acc_t>(C, begin, end, sum_gamma, sum_beta,
+                                                [&](auto trig, int64_t r0, int64_t r1, acc_t* sg, acc_t* sb) {
+                                                  return backward_block<scalar_t, acc_t, decltype(trig)>(
+                                                      g, xp, gp + b * C, bp + b * C, dx, sg, sb, C, r0, r1);
+                                                });
                          });
     });
   }
@@ -273,9 +278,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_bac
       scalar_t* dx = a.d_x.mutable_data_ptr<scalar_t>();
       reduce_rows<acc_t>(a.shape, a.d_gamma.mutable_data_ptr<acc_t>(), a.d_beta.mutable_data_ptr<acc_t>(),
                          [&](int64_t b, int64_t begin, int64_t end, acc_t* sum_gamma, acc_t* sum_beta) {
-                           double_backward_rows<scalar_t, acc_t>(ggx, ggg + b * C, ggb + b * C, g, xp, gp + b * C,
-                                                                 bp + b * C, dg, dx, sum_gamma, sum_beta, C, begin,
-                                                                 end);
+                           reduce_blocks<acc_t>(C, begin, end, sum_gamma, sum_beta,
+                                                [&](auto trig, int64_t r0, int64_t r1, acc_t* sg, acc_t* sb) {
+                                                  using Trig = decltype(trig);
+                                                  if (ggx != nullptr) {   // chosen once per block
+                                                    return double_backward_block<scalar_t, acc_t, Trig, true>(
+                                                        ggx, ggg + b * C, ggb + b * C, g, xp, gp + b * C, bp + b * C,
+                                                        dg, dx, sg, sb, C, r0, r1);
+                                                  }
+                                                  return double_backward_block<scalar_t, acc_t, Trig, false>(
+                                                      ggx, ggg + b * C, ggb + b * C, g, xp, gp + b * C, bp + b * C,
+                                                      dg, dx, sg, sb, C, r0, r1);
+                                                });
                          });
     });
   }

@@ -127,6 +127,18 @@ class _Recompute(NamedTuple):
     shape: torch.Size
 
 
+def _gemm_weight_gradient_wanted() -> bool:
+    """Inside the backward of F.linear (AddmmBackward0 / MmBackward0, weight last among its inputs):
+    whether this backward pass computes the weight's gradient, the only use of the saved input.
+    True when it cannot tell (private autograd API missing or outside a backward)."""
+    try:
+        node = torch._C._current_autograd_node()
+        weight_path = node.next_functions[-1][0] if node is not None else None
+        return weight_path is None or bool(torch._C._will_engine_execute_node(weight_path))
+    except (AttributeError, RuntimeError, IndexError):
+        return True
+
+
 def linear_recomputing_input(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """F.linear(input, weight, bias); when input is a fused FiLM-SIREN output (it carries its recipe),
     the GEMM's saved copy of input is replaced by that recipe and recomputed in the backward: the op
@@ -144,10 +156,14 @@ def linear_recomputing_input(input: torch.Tensor, weight: torch.Tensor, bias: Op
         return tensor
 
     def unpack(packed):
-        if isinstance(packed, _Recompute):
-            x_lin, gamma, beta, impl = packed.recipe
-            return film_siren(x_lin, gamma, beta, impl=impl).reshape(packed.shape)
-        return packed
+        if not isinstance(packed, _Recompute):
+            return packed
+        x_lin, gamma, beta, impl = packed.recipe
+        if not _gemm_weight_gradient_wanted():
+            # a pass that skips the weight gradient (the eikonal autograd.grad to the sample points)
+            # still unpacks every saved tensor: hand it a free stand-in, it is never read
+            return x_lin.new_zeros(()).expand(packed.shape)
+        return film_siren(x_lin, gamma, beta, impl=impl).reshape(packed.shape)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         return F.linear(input, weight, bias)
