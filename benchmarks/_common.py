@@ -113,18 +113,23 @@ def time_interleaved(
     repeats: int,
     max_seconds: Optional[float] = None,
     min_repeats: int = 3,
+    setups: Optional[Dict[str, Callable[[], None]]] = None,
 ) -> Dict[str, Dict[str, object]]:
     """time_step for several steps at once, in rounds: each round times one call of every step, in
     an order that rotates from round to round, so that a change in the machine's load (other
     processes on a shared machine move CPU times by 15%) falls on every step alike. The steps
-    should be warmed up already. Returns {name: time_step's dict}; with `max_seconds`, stops once
-    the rounds took that long and `min_repeats` were made."""
+    should be warmed up already; setups[name], when given, runs untimed before each call of that
+    step. Returns {name: time_step's dict}; with `max_seconds`, stops once the rounds took that
+    long and `min_repeats` were made."""
+    setups = setups or {}
     names = list(steps)
     times: Dict[str, List[float]] = {name: [] for name in names}
     spent = 0.0
     for round_index in range(max(repeats, 1)):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if setups.get(name) is not None:
+                setups[name]()
             synchronize(device)
             start = time.perf_counter()
             steps[name]()

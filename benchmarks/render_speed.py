@@ -100,10 +100,11 @@ Cases (64x64 rays, S = 24 samples, SIREN depth 8 width 256, as the official mode
   --quick: the same cases at tiny shapes (8x8 rays, S = 8, SIREN depth 2 width 32; images
   of 16 and 32 px; a 16^3 mesh).
 
-Numbers per row, as for the op rows (_common.measure_step): median wall time over --e2e-repeats
-timed repeats (default 3 on CPU, 10 on CUDA, 2 with --quick; --max-seconds ends a measurement early
-once 3 are done), after warm-up (on CPU the profiled peak-memory call, which is the only warm-up for
-steps over 1 s; before it, the check call of each impl is an untimed first step too), speedup =
+Numbers per row: median wall time over --e2e-repeats timed rounds (default 3 on CPU, 10 on CUDA, 2
+with --quick; --max-seconds ends a measurement early once 3 are done), each round timing one step of
+kernel and reference in alternating order (_common.time_interleaved: load changes on a shared machine
+fall on both alike), after warm-up (on CUDA --warmup steps; on CPU the check call of each impl and
+the profiled peak-memory call, made one impl at a time before the rounds), speedup =
 reference median / kernel median, images/s = B / median, peak memory of one step (same method as
 above) and mem ratio = reference peak / kernel peak. Before timing, each case runs one step of each
 impl and records the largest |kernel - reference| with the largest |reference| for scale:
@@ -631,22 +632,36 @@ def run_e2e_case(case: E2ECase, args, device) -> Tuple[List[Dict[str, object]], 
     repeats = args.e2e_repeats
     if case.pass_name == "mesh" and torch.device(device).type == "cpu":
         repeats = min(repeats, MESH_CPU_REPEATS)
-    for impl in IMPLS:
-        row: Dict[str, object] = {**base, "impl": impl}
+    rows = [{**base, "impl": impl} for impl in IMPLS]
+    steps, setups = {}, {}
+    for row in rows:   # warm-up and peak memory one impl at a time
+        impl = row["impl"]
         try:
-            step, setup = make_e2e_step(case, models[impl], inputs)
-            timing = _common.measure_step(step, device=device, repeats=repeats, warmup=args.warmup, setup=setup,
-                                          max_seconds=args.max_seconds, min_repeats=min(3, repeats))
-            row.update(timing)
-            row["images_per_s"] = case.batch / (timing["median_ms"] * 1e-3)
-            del step, setup
+            steps[impl], setups[impl] = make_e2e_step(case, models[impl], inputs)
+            for _ in range(max(args.warmup, 1) if torch.device(device).type == "cuda" else 0):
+                setups[impl]()
+                steps[impl]()   # on CPU the check call and the profiled call below are the warm-up
+            row["peak_bytes"] = _common.peak_memory(steps[impl], device=device, setup=setups[impl])
+            row["peak_mib"] = row["peak_bytes"] / _common.MIB
         except Exception as error:  # noqa: BLE001
             row["error"] = f"{type(error).__name__}: {error}"
+            steps.pop(impl, None)
         models[impl].zero_grad(set_to_none=True)
         gc.collect()
-        rows.append(row)
+    if steps:   # then the times, interleaved (kernel, reference, reference, kernel, ...)
+        timings = _common.time_interleaved(steps, device=device, repeats=repeats, setups=setups,
+                                           max_seconds=args.max_seconds * len(steps),
+                                           min_repeats=min(3, repeats))
+        for row in rows:
+            if row["impl"] in timings:
+                row.update(timings[row["impl"]])
+                row["images_per_s"] = case.batch / (row["median_ms"] * 1e-3)
+    del steps, setups
+    for row in rows:
+        models[row["impl"]].zero_grad(set_to_none=True)
         status = row.get("error") or f"{row['median_ms']:.1f} ms ({row['repeats']} repeats)"
-        print(f"  {case.name:<18} {case.pass_name:<10} {impl:<9} {status}", flush=True)
+        print(f"  {case.name:<18} {case.pass_name:<10} {row['impl']:<9} {status}", flush=True)
+    gc.collect()
     kernel_row, reference_row = rows
     _common.compare_to_reference(kernel_row, reference_row)
     profile = None

@@ -95,3 +95,26 @@ def test_disable_switch_reports_reason():
     env = dict(os.environ, STYLESDF_FAST_DISABLE_KERNELS="1")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert "STYLESDF_FAST_DISABLE_KERNELS" in result.stdout
+
+
+def _thp_setting_after(imports, preset=None):
+    """THP_MEM_ALLOC_ENABLE in a fresh interpreter after `import <imports>`, with the variable unset
+    (preset None) or set to preset beforehand."""
+    code = f"import os, {imports}; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(stylesdf_fast.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return result.stdout.strip()
+
+
+def test_import_turns_on_huge_page_allocation_unless_the_user_chose():
+    assert _thp_setting_after("stylesdf_fast") == "1"
+    assert _thp_setting_after("stylesdf_fast", preset="0") == "0"
+
+
+def test_import_after_torch_leaves_the_allocator_setting_alone():
+    # torch reads the variable once, when it starts: setting it afterwards would only mislead
+    assert _thp_setting_after("torch, stylesdf_fast") == "None"
