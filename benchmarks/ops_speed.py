@@ -12,6 +12,10 @@ Cases (float32, NCHW contiguous; k = make_kernel([1, 3, 3, 1])):
               only unless --cases names it, to keep the default run short)
   downsample  downsample2d(x [4, 128, 128, 128], k, 2): pads (1, 1) -> [4, 128, 64, 64]
   bias_act    fused_leaky_relu(x [4, 512, 64, 64], bias [512])
+  film_siren  film_siren(x_lin [1, 98304, 256], gamma [1, 256], beta [1, 256]): one FiLM-SIREN layer of
+              one image of the official stage-1 step (64 x 64 rays x 24 samples, width 256); gamma
+              ~ 15 N(0, 1) + 30 as the renderer's, and gamma takes the "bias" role below (its
+              gradient is computed with x's)
 
 Passes (each timed as one step):
   forward           out = op(x); inputs do not require grad (no graph is recorded)
@@ -41,6 +45,9 @@ Byte model (minimal traffic, the op's passes only; the (g * w).sum() of double_b
   bias_act:  forward reads x, writes y (8 B/element fp32); backward reads dy and y, writes dx
              (12 B/element); double backward reads ddx and y, writes ddy (12 B/element).
              forward = 8, forward_backward = 20, double_backward = 32 B/element.
+  film_siren: forward reads x_lin, writes y (8 B/element); backward reads dy and x_lin, writes dx
+             (12); double backward reads ddx, dy and x_lin, writes d(dy) and d(x_lin) (20).
+             forward = 8, forward_backward = 20, double_backward = 40 B/element.
 
 Targets (reported, never an exit status):
   cpu:  bias_act forward_backward speedup >= 2x; upsample and downsample forward_backward >= 1.5x;
@@ -67,7 +74,7 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 
 _common.prefer_installed_package(ROOT)
-from stylesdf_fast.ops import blur2d, downsample2d, fused_leaky_relu, make_kernel, upsample2d  # noqa: E402
+from stylesdf_fast.ops import blur2d, downsample2d, film_siren, fused_leaky_relu, make_kernel, upsample2d  # noqa: E402
 
 PASSES = ("forward", "forward_backward", "double_backward")
 IMPLS = ("kernel", "reference")
@@ -76,7 +83,7 @@ IMPLS = ("kernel", "reference")
 @dataclass
 class Case:
     name: str
-    kind: str  # "upfirdn2d" | "bias_act"
+    kind: str  # "upfirdn2d" | "bias_act" | "film_siren"
     shape: Tuple[int, ...]
     description: str
     op: Callable  # op(x, bias, impl) -> tensor
@@ -91,7 +98,10 @@ def make_cases(quick: bool, device) -> List[Case]:
         "blur": (1, 4, 32, 32) if quick else (4, 64, 256, 256),
         "downsample": (1, 8, 32, 32) if quick else (4, 128, 128, 128),
         "bias_act": (2, 16, 16, 16) if quick else (4, 512, 64, 64),
+        "film_siren": (1, 512, 32) if quick else (1, 64 * 64 * 24, 256),
     }
+    film_beta = torch.randn(shapes["film_siren"][0], shapes["film_siren"][-1],
+                            generator=torch.Generator().manual_seed(1)).to(device)
     return [
         Case("upsample", "upfirdn2d", shapes["upsample"], "upsample2d(x, k, 2): k*4, up 2, pad (2, 1)",
              lambda x, b, impl: upsample2d(x, kernel, 2, impl=impl)),
@@ -107,6 +117,9 @@ def make_cases(quick: bool, device) -> List[Case]:
              lambda x, b, impl: downsample2d(x, kernel, 2, impl=impl)),
         Case("bias_act", "bias_act", shapes["bias_act"], "fused_leaky_relu(x, bias[C], 0.2, sqrt(2))",
              lambda x, b, impl: fused_leaky_relu(x, b, impl=impl)),
+        Case("film_siren", "film_siren", shapes["film_siren"], "film_siren(x_lin, gamma[B, C], beta[B, C])",
+             lambda x, b, impl: film_siren(x, b, film_beta, impl=impl),
+             note="one FiLM-SIREN layer of one image of the official stage-1 step; no target"),
     ]
 
 
@@ -114,8 +127,9 @@ def bytes_model(case: Case, out_shape, element_size: int) -> Dict[str, int]:
     numel_in = 1
     for s in case.shape:
         numel_in *= s
-    if case.kind == "bias_act":
-        per_element = {"forward": 8, "forward_backward": 20, "double_backward": 32}
+    if case.kind in ("bias_act", "film_siren"):
+        per_element = ({"forward": 8, "forward_backward": 20, "double_backward": 32} if case.kind == "bias_act"
+                       else {"forward": 8, "forward_backward": 20, "double_backward": 40})
         return {p: numel_in * per_element[p] * element_size // 4 for p in PASSES}
     numel_out = 1
     for s in out_shape:
@@ -160,7 +174,11 @@ def make_step(case: Case, pass_name: str, impl: str, tensors: Dict[str, torch.Te
 def run_case(case: Case, args, device, copy_gbps: float, passes=PASSES) -> List[Dict[str, object]]:
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(case.shape, generator=generator).to(device)
-    bias = torch.randn(case.shape[1], generator=generator).to(device) if case.kind == "bias_act" else None
+    bias = None
+    if case.kind == "bias_act":
+        bias = torch.randn(case.shape[1], generator=generator).to(device)
+    elif case.kind == "film_siren":   # gamma [B, C], at the renderer's scale
+        bias = (15 * torch.randn(case.shape[0], case.shape[-1], generator=generator) + 30).to(device)
     with torch.no_grad():
         out_shape = tuple(case.op(x, bias, "reference").shape)
     tensors = {
