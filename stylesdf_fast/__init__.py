@@ -14,7 +14,7 @@ import sys as _sys
 if "torch" not in _sys.modules:
     # Large CPU tensors on transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE, read once when
     # torch starts): a fresh 100 MB activation then costs 50 page faults, not 25,000; the CPU stage-1
-    # step at the official shape takes 5.5 s instead of 6.9 s (README, Training, "CPU memory").
+    # step at the official shape takes 5.6 s instead of 7.1 s (README, Training, "CPU memory").
     # Set THP_MEM_ALLOC_ENABLE=0 to opt out.
     _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
