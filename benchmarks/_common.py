@@ -6,7 +6,8 @@
 - copy bandwidth:  `copy_bandwidth` (the machine's reference GB/s, measured in the same run)
 - reporting:       `print_table`, `environment_metadata`, `write_json`
 - extension:       `extension_file_info` (which compiled library was measured), `torch_op_available`
-- profiling:       `profile_top_ops` (one step under torch.profiler: the ops with the most self CPU time)
+- profiling:       `profile_top_ops` (one step under torch.profiler: the ops with the most self CPU time,
+                   on a GPU the most self GPU time)
 
 Peak-memory method
 ------------------
@@ -259,7 +260,8 @@ def profile_top_ops(
     group_substrings: Sequence[str] = (),
 ) -> Dict[str, object]:
     """One call of `step()` (after `setup()`, untimed) under torch.profiler (CPU activity, plus CUDA on a
-    GPU; no memory or shape recording): the `row_limit` ops with the most self CPU time.
+    GPU; no memory or shape recording): the `row_limit` ops with the most self CPU time, or on a GPU
+    the most self GPU time ("ranked_by": "self_device"; rows then also carry "self_device_pct").
 
     Returns {"wall_ms" (the profiled call, profiler overhead included), "total_self_cpu_ms" (the sum
     over all ops: the CPU time the step's ops spent, on the calling and autograd threads), "ops" (the
@@ -295,8 +297,14 @@ def profile_top_ops(
                 return value
         return None
 
+    # on a GPU the host mostly waits (cudaDeviceSynchronize tops the CPU ranking), so rank by GPU time
+    device_total = sum(self_device_us(event) or 0.0 for event in averages) if device.type == "cuda" else 0.0
+    ranked_by = "self_device" if device_total > 0 else "self_cpu"
+    if ranked_by == "self_device":
+        ranked = sorted(averages, key=lambda event: self_device_us(event) or 0.0, reverse=True)
+    else:
+        ranked = sorted(averages, key=lambda event: event.self_cpu_time_total, reverse=True)
     rows: List[Dict[str, object]] = []
-    ranked = sorted(averages, key=lambda event: event.self_cpu_time_total, reverse=True)
     for event in ranked[:max(row_limit, 0)]:
         row: Dict[str, object] = {
             "op": event.key, "calls": event.count, "self_cpu_ms": event.self_cpu_time_total / 1e3,
@@ -305,6 +313,7 @@ def profile_top_ops(
         if device.type == "cuda":
             value = self_device_us(event)
             row["self_device_ms"] = None if value is None else value / 1e3
+            row["self_device_pct"] = 100.0 * value / device_total if value is not None and device_total else None
         rows.append(row)
     groups: Dict[str, object] = {}
     for text in group_substrings:
@@ -317,6 +326,8 @@ def profile_top_ops(
         "total_self_cpu_ms": total / 1e3,
         "ops": len(averages),
         "top_self_cpu_pct": pct(sum(event.self_cpu_time_total for event in ranked[:max(row_limit, 0)])),
+        "ranked_by": ranked_by,
+        "total_self_device_ms": device_total / 1e3 if device.type == "cuda" else None,
         "rows": rows,
         "groups": groups,
     }
@@ -477,9 +488,11 @@ def write_json(path: os.PathLike, payload: Dict[str, object], *, device) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"environment": environment_metadata(device), **payload}
-    with open(path, "w") as f:
+    partial = path.with_name(path.name + ".partial")   # renamed into place: a killed run leaves the last good file
+    with open(partial, "w") as f:
         json.dump(document, f, indent=2, default=str)
         f.write("\n")
+    os.replace(partial, path)
     return path
 
 

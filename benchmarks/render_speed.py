@@ -113,8 +113,8 @@ difference, and the parameter with the largest relative one); generate: image an
 the 128^3 frustum SDF, and the vertex counts of both meshes.
 
 Profile: for e2e_stage1_step and e2e_generate_256 with impl="kernel", one more step under
-torch.profiler (CPU activity, + CUDA on a GPU), printed as the top 10 ops by self CPU time (calls,
-self CPU ms and %, CPU total ms; self CUDA ms on a GPU) with the share of our fused ops (op names
+torch.profiler (CPU activity, + CUDA on a GPU), printed as the top 10 ops by self CPU time, on a GPU
+by self CUDA time (calls, self CPU ms and %, CPU total ms; self CUDA ms and % on a GPU) with the share of our fused ops (op names
 containing "stylesdf_fast": the ops and their autograd nodes). The JSON stores these rows under
 end_to_end.cases[].profile.
 
@@ -639,7 +639,8 @@ def run_e2e_case(case: E2ECase, args, device) -> Tuple[List[Dict[str, object]], 
         try:
             steps[impl], setups[impl] = make_e2e_step(case, models[impl], inputs)
             for _ in range(max(args.warmup, 1) if torch.device(device).type == "cuda" else 0):
-                setups[impl]()
+                if setups[impl] is not None:   # generation and meshing need none
+                    setups[impl]()
                 steps[impl]()   # on CPU the check call and the profiled call below are the warm-up
             row["peak_bytes"] = _common.peak_memory(steps[impl], device=device, setup=setups[impl])
             row["peak_mib"] = row["peak_bytes"] / _common.MIB
@@ -754,11 +755,13 @@ def print_e2e_report(cases: List[E2ECase], rows, checks, profiles, device_type: 
             continue
         print(f"profile {case.name} (impl=kernel, one {case.pass_name} under torch.profiler: "
               f"{profile['wall_ms'] / 1e3:.3g} s wall, {profile['total_self_cpu_ms'] / 1e3:.3g} s self CPU over "
-              f"{profile['ops']} ops): top {len(profile['rows'])} ops by self CPU time")
+              f"{profile['ops']} ops): top {len(profile['rows'])} ops by "
+              f"{'self CUDA time' if profile.get('ranked_by') == 'self_device' else 'self CPU time'}")
         columns = [("op", "op", ""), ("calls", "calls", ""), ("self_cpu_ms", "self CPU ms", ".1f"),
                    ("self_cpu_pct", "self CPU %", ".1f"), ("cpu_total_ms", "CPU total ms", ".1f")]
         if device_type == "cuda":
-            columns.append(("self_device_ms", "self CUDA ms", ".2f"))
+            columns += [("self_device_ms", "self CUDA ms", ".2f"), ("self_device_pct", "self CUDA %", ".1f")]
+            print(f"  GPU time in all ops: {profile.get('total_self_device_ms') or 0.0:.1f} ms")
         _common.print_table(profile["rows"], columns)
         fused = profile["groups"].get(FUSED_OP_MARK, {})
         print(f"  top {len(profile['rows'])}: {_pct(profile['top_self_cpu_pct'])} of self CPU time; "

@@ -111,6 +111,8 @@ def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: i
         except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
             row = {"case": case, "impl": variant[0], "error": f"{type(error).__name__}: {error}"}
         rows.append(row)
+        status = row.get("error") or f"peak {row['peak_mib']:.0f} MiB"
+        print(f"  {case:<16} {variant[0]:<14} prepared: {status}", flush=True)
     if steps:
         timings = _common.time_interleaved(steps, device=device, repeats=repeats,
                                            max_seconds=max_seconds * len(steps), min_repeats=2)
@@ -119,6 +121,8 @@ def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: i
                 median_ms = timings[row["impl"]]["median_ms"]
                 row.update(median_ms=median_ms, images_per_s=row["batch"] / (median_ms / 1000),
                            times_ms=timings[row["impl"]]["times_ms"])
+                print(f"  {case:<16} {row['impl']:<14} {median_ms:.1f} ms/iter ({len(row['times_ms'])} rounds)",
+                      flush=True)
     return rows
 
 
@@ -159,6 +163,7 @@ def main(argv=None) -> int:
             return 2
         rows += run_case(case, SHAPES[shape_name], VARIANTS.get(case, DEFAULT_VARIANTS), device, repeats,
                          args.max_seconds)
+        write_results(args, shape_name, device, rows, [])   # after every case: a run cut short keeps its rows
     references = {row["case"]: row for row in rows if row["impl"] == "reference"}
     for row in rows:
         if row["impl"] != "reference" and row["case"] in references:
@@ -174,11 +179,14 @@ def main(argv=None) -> int:
     errors = [r for r in rows if r.get("error")]
     for row in errors:
         print(f"error: {row['case']} {row['impl']}: {row['error']}")
-    json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"train_speed_{device.type}.json")
-    path = _common.write_json(json_path, {"tool": "train_speed", "shapes": shape_name, "shape_values": SHAPES[shape_name],
-                                          "rows": rows, "targets": targets}, device=device)
-    print(f"wrote {path}")
+    print(f"wrote {write_results(args, shape_name, device, rows, targets)}")
     return 1 if errors else 0
+
+
+def write_results(args, shape_name: str, device: torch.device, rows, targets) -> str:
+    json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"train_speed_{device.type}.json")
+    return _common.write_json(json_path, {"tool": "train_speed", "shapes": shape_name, "shape_values": SHAPES[shape_name],
+                                          "rows": rows, "targets": targets}, device=device)
 
 
 def stage1_targets(rows):

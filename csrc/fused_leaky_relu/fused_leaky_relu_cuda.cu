@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "../ops.h"
@@ -26,31 +27,35 @@ int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>(blocks, 65535LL * 8));
 }
 
-template <typename scalar_t>
+// Index math is 32-bit when the tensor fits (64-bit division is emulated on GPUs and would cost
+// more than the element's memory traffic); `index_t` is int64_t otherwise.
+template <typename scalar_t, typename index_t>
 __global__ void fused_leaky_relu_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias,
-                                                scalar_t* __restrict__ y, int64_t n, int64_t channels,
-                                                int64_t channel_stride, float negative_slope, float scale) {
+                                                scalar_t* __restrict__ y, index_t n, index_t channels,
+                                                index_t channel_stride, at::opmath_type<scalar_t> negative_slope,
+                                                at::opmath_type<scalar_t> scale) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<index_t>(gridDim.x) * blockDim.x) {
     const acc_t b = bias ? static_cast<acc_t>(bias[(e / channel_stride) % channels]) : acc_t(0);
-    y[e] = static_cast<scalar_t>(
-        bias_leaky_relu(static_cast<acc_t>(x[e]), b, static_cast<acc_t>(negative_slope), static_cast<acc_t>(scale)));
+    y[e] = static_cast<scalar_t>(bias_leaky_relu(static_cast<acc_t>(x[e]), b, negative_slope, scale));
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void fused_leaky_relu_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ out,
-                                                 scalar_t* __restrict__ grad_input, int64_t n, float negative_slope,
-                                                 float scale) {
+                                                 scalar_t* __restrict__ grad_input, index_t n,
+                                                 at::opmath_type<scalar_t> negative_slope,
+                                                 at::opmath_type<scalar_t> scale) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    grad_input[e] = static_cast<scalar_t>(bias_leaky_relu_vjp(static_cast<acc_t>(grad[e]), static_cast<acc_t>(out[e]),
-                                                              static_cast<acc_t>(negative_slope),
-                                                              static_cast<acc_t>(scale)));
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    grad_input[e] = static_cast<scalar_t>(
+        bias_leaky_relu_vjp(static_cast<acc_t>(grad[e]), static_cast<acc_t>(out[e]), negative_slope, scale));
   }
 }
+
+bool fits_int32(int64_t n) { return n < std::numeric_limits<int32_t>::max() / 2; }  // headroom for the grid step
 
 std::vector<int64_t> all_dims_but_channel(int64_t rank) {
   std::vector<int64_t> dims;
@@ -77,10 +82,18 @@ at::Tensor fused_leaky_relu_cuda(const at::Tensor& input_arg, const std::optiona
   if (n == 0) return output;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fused_leaky_relu_cuda", [&] {
-    fused_leaky_relu_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        input.const_data_ptr<scalar_t>(), bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-        output.mutable_data_ptr<scalar_t>(), n, layout.channels, layout.channel_stride,
-        static_cast<float>(negative_slope), static_cast<float>(scale));
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* bias_ptr = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    if (fits_int32(n)) {
+      fused_leaky_relu_forward_kernel<scalar_t, int32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), bias_ptr, output.mutable_data_ptr<scalar_t>(), static_cast<int32_t>(n),
+          static_cast<int32_t>(layout.channels), static_cast<int32_t>(layout.channel_stride),
+          static_cast<acc_t>(negative_slope), static_cast<acc_t>(scale));
+    } else {
+      fused_leaky_relu_forward_kernel<scalar_t, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), bias_ptr, output.mutable_data_ptr<scalar_t>(), n, layout.channels,
+          layout.channel_stride, static_cast<acc_t>(negative_slope), static_cast<acc_t>(scale));
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -99,9 +112,17 @@ std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cuda(const at::Tens
   if (n == 0) return {grad_input, at::zeros({bias_grad ? layout.channels : 0}, output.options())};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "fused_leaky_relu_backward_cuda", [&] {
-    fused_leaky_relu_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        grad_output.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
-        grad_input.mutable_data_ptr<scalar_t>(), n, static_cast<float>(negative_slope), static_cast<float>(scale));
+    using acc_t = at::opmath_type<scalar_t>;
+    if (fits_int32(n)) {
+      fused_leaky_relu_backward_kernel<scalar_t, int32_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          grad_output.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
+          grad_input.mutable_data_ptr<scalar_t>(), static_cast<int32_t>(n), static_cast<acc_t>(negative_slope),
+          static_cast<acc_t>(scale));
+    } else {
+      fused_leaky_relu_backward_kernel<scalar_t, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          grad_output.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
+          grad_input.mutable_data_ptr<scalar_t>(), n, static_cast<acc_t>(negative_slope), static_cast<acc_t>(scale));
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   at::Tensor grad_bias = bias_grad ? grad_input.sum(all_dims_but_channel(grad_input.dim()))
