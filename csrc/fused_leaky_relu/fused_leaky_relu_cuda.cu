@@ -10,9 +10,9 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
+#include "../common/index_width.h"
 #include "../ops.h"
 #include "fused_leaky_relu_layout.h"
 #include "fused_leaky_relu_math.h"
@@ -27,8 +27,7 @@ int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>(blocks, 65535LL * 8));
 }
 
-// Index math is 32-bit when the tensor fits (64-bit division is emulated on GPUs and would cost
-// more than the element's memory traffic); `index_t` is int64_t otherwise.
+// Index math is 32-bit when the tensor fits (common/index_width.h); `index_t` is int64_t otherwise.
 template <typename scalar_t, typename index_t>
 __global__ void fused_leaky_relu_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias,
                                                 scalar_t* __restrict__ y, index_t n, index_t channels,
@@ -54,8 +53,6 @@ __global__ void fused_leaky_relu_backward_kernel(const scalar_t* __restrict__ gr
         bias_leaky_relu_vjp(static_cast<acc_t>(grad[e]), static_cast<acc_t>(out[e]), negative_slope, scale));
   }
 }
-
-bool fits_int32(int64_t n) { return n < std::numeric_limits<int32_t>::max() / 2; }  // headroom for the grid step
 
 std::vector<int64_t> all_dims_but_channel(int64_t rank) {
   std::vector<int64_t> dims;
@@ -84,7 +81,7 @@ at::Tensor fused_leaky_relu_cuda(const at::Tensor& input_arg, const std::optiona
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fused_leaky_relu_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bias_ptr = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    if (fits_int32(n)) {
+    if (fits_int32_index(n)) {
       fused_leaky_relu_forward_kernel<scalar_t, int32_t><<<blocks_for(n), kThreads, 0, stream>>>(
           input.const_data_ptr<scalar_t>(), bias_ptr, output.mutable_data_ptr<scalar_t>(), static_cast<int32_t>(n),
           static_cast<int32_t>(layout.channels), static_cast<int32_t>(layout.channel_stride),
@@ -113,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cuda(const at::Tens
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "fused_leaky_relu_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (fits_int32(n)) {
+    if (fits_int32_index(n)) {
       fused_leaky_relu_backward_kernel<scalar_t, int32_t><<<blocks_for(n), kThreads, 0, stream>>>(
           grad_output.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
           grad_input.mutable_data_ptr<scalar_t>(), static_cast<int32_t>(n), static_cast<acc_t>(negative_slope),

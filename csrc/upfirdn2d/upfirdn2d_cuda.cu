@@ -12,9 +12,9 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <limits>
 
 #include "../ops.h"
+#include "../common/index_width.h"
 #include "../common/memory_format.h"
 #include "upfirdn2d_args.h"
 #include "upfirdn2d_math.h"
@@ -47,25 +47,18 @@ __global__ void upfirdn2d_kernel(const scalar_t* __restrict__ input, const acc_t
       c = rest % channels; n = rest / channels;
     }
     const scalar_t* plane = input + n * in_s.n + c * in_s.c;
-    const acc_t value = upfirdn2d_output_element<scalar_t, acc_t, index_t>(plane, in_s.y, in_s.x, kernel, ax, ay, oy, ox);
+    const acc_t value =
+        upfirdn2d_output_element<scalar_t, acc_t, index_t>(plane, in_s.y, in_s.x, kernel, ax, ay, oy, ox);
     output[n * out_s.n + c * out_s.c + oy * out_s.y + ox * out_s.x] = static_cast<scalar_t>(value);
   }
 }
 
-// Largest element offset a tensor's strides can reach (plus one): 32-bit indexing is safe when
-// this and every size fit in int32 with room for the grid-stride step.
-int64_t offset_extent(const at::Tensor& t) {
-  int64_t extent = 1;
-  for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * t.stride(d);
-  return extent;
-}
-
 bool fits_int32(const at::Tensor& input, const at::Tensor& output, const UpfirdnProblem& p) {
-  constexpr int64_t limit = std::numeric_limits<int32_t>::max() / 2;  // headroom for e + grid step
+  // positions in the upsampled, padded signal (o * down + k - pad0) stay under these
   const int64_t padded_x = p.x.in_size * p.x.up + p.x.taps + std::abs(p.x.pad0) + p.x.out_size * p.x.down;
   const int64_t padded_y = p.y.in_size * p.y.up + p.y.taps + std::abs(p.y.pad0) + p.y.out_size * p.y.down;
-  return offset_extent(input) < limit && offset_extent(output) < limit && output.numel() < limit &&
-         padded_x < limit && padded_y < limit;
+  return fits_int32_index(offset_extent(input)) && fits_int32_index(offset_extent(output)) &&
+         fits_int32_index(output.numel()) && fits_int32_index(padded_x) && fits_int32_index(padded_y);
 }
 
 template <typename scalar_t, typename index_t>
