@@ -114,9 +114,9 @@ the 128^3 frustum SDF, and the vertex counts of both meshes.
 
 Profile: for e2e_stage1_step and e2e_generate_256 with impl="kernel", one more step under
 torch.profiler (CPU activity, + CUDA on a GPU), printed as the top 10 ops by self CPU time, on a GPU
-by self CUDA time (calls, self CPU ms and %, CPU total ms; self CUDA ms and % on a GPU) with the share of our fused ops (op names
-containing "stylesdf_fast": the ops and their autograd nodes). The JSON stores these rows under
-end_to_end.cases[].profile.
+by self CUDA time (calls, self CPU ms and %, CPU total ms; self CUDA ms and % on a GPU) with the
+share of our fused ops (op names containing "stylesdf_fast": the ops and their autograd nodes). The
+JSON stores these rows under end_to_end.cases[].profile.
 
 End-to-end targets (reported, never an exit status; not evaluated with --quick):
   cpu and cuda: e2e_stage1_step, e2e_generate_256 and e2e_generate_1024: kernel >= 1.3x faster
