@@ -8,9 +8,11 @@ Environment:
   CUDA_HOME / CUDA_PATH       the CUDA toolkit (default: /usr/local/cuda when it has bin/nvcc)
 """
 import glob
+import importlib.util
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -74,7 +76,30 @@ def build_extension():
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,
     )
-    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [extension], {"build_ext": with_source_fingerprint(BuildExtension.with_options(use_ninja=True))}
+
+
+def load_sources_module():
+    """stylesdf_fast/_sources.py, loaded by path: the package itself cannot be imported while it builds."""
+    spec = importlib.util.spec_from_file_location("_stylesdf_fast_sources", os.path.join(ROOT, "stylesdf_fast", "_sources.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_source_fingerprint(build_ext_class):
+    """build_ext that also writes the fingerprint of csrc/ beside each extension it builds (`_C.sources`):
+    a source checkout without its own build uses the installed extension only when the fingerprints
+    match (stylesdf_fast/_extension.py)."""
+    sources = load_sources_module()
+
+    class BuildExtWithFingerprint(build_ext_class):
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            target = Path(self.get_ext_fullpath(ext.name)).with_name(sources.SIDECAR_NAME)
+            target.write_text(sources.sources_fingerprint(Path(ROOT) / "csrc") + "\n")
+
+    return BuildExtWithFingerprint
 
 
 def cuda_skip_reason(cuda_home, torch):

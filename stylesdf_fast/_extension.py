@@ -1,8 +1,10 @@
 """Finding the compiled extension and deciding, per call, between kernel and reference.
 
 Nothing here compiles anything: `stylesdf_fast._C` is built ahead of time by `pip install .`.
-When it is missing, or was built without CUDA, `impl="auto"` falls back to the pure-PyTorch
-reference and warns once per reason (set STYLESDF_FAST_REQUIRE_KERNELS=1 to make that an error),
+A source checkout without its own build (Python started in the clone's root after `pip install .`)
+uses the installed extension when it was built from the same csrc/ sources. When the extension is
+missing, or was built without CUDA, `impl="auto"` falls back to the pure-PyTorch reference and warns
+once per reason, saying why and what fixes it (STYLESDF_FAST_REQUIRE_KERNELS=1 makes that an error),
 while `impl="kernel"` raises.
 
 Environment:
@@ -11,12 +13,18 @@ Environment:
 """
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
+import sys
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import torch
+
+from ._sources import read_sidecar, sources_fingerprint
 
 IMPLS = ("auto", "kernel", "reference")
 REINSTALL_HINT = (
@@ -39,6 +47,14 @@ class ExtensionStatus:
     cuda: bool  # the CUDA kernels were compiled in
     built_with_torch: Optional[str]
     reason: str  # why the extension is not usable ("" when it is)
+    path: Optional[str] = None  # the shared library in use (None when not loaded)
+
+    def describe(self) -> str:
+        """One line for logs: which kernels run, from where, or the reason they do not."""
+        if not self.loaded:
+            return f"stylesdf_fast kernels: unavailable, the pure-PyTorch reference runs instead: {self.reason}"
+        devices = "C++ CPU and CUDA" if self.cuda else "C++ CPU (no CUDA)"
+        return f"stylesdf_fast kernels: {devices} from {self.path} (built against torch {self.built_with_torch})"
 
 
 def _env_flag(name: str) -> bool:
@@ -67,19 +83,91 @@ def status() -> ExtensionStatus:
 def _load() -> ExtensionStatus:
     if _env_flag("STYLESDF_FAST_DISABLE_KERNELS"):
         return ExtensionStatus(False, False, None, "STYLESDF_FAST_DISABLE_KERNELS is set")
-    try:
-        from stylesdf_fast import _C  # noqa: F401  (registers torch.ops.stylesdf_fast.*)
-    except ImportError as error:
-        return ExtensionStatus(False, False, None, f"stylesdf_fast._C could not be imported ({error}); {REINSTALL_HINT}")
+    path, reason = _import_extension()
+    if path is None:
+        return ExtensionStatus(False, False, None, reason)
     info = _parse_build_info(torch.ops.stylesdf_fast._build_info())
     built_with = info.get("torch", "unknown")
     if _release(built_with) != _release(torch.__version__):
         reason = (
-            f"stylesdf_fast._C was built against torch {built_with} but torch {torch.__version__} is running; "
-            f"{REINSTALL_HINT}"
+            f"stylesdf_fast._C ({path}) was built against torch {built_with} but torch {torch.__version__} is "
+            f"running; {REINSTALL_HINT}"
         )
         return ExtensionStatus(False, False, built_with, reason)
-    return ExtensionStatus(True, info.get("cuda") == "1", built_with, "")
+    return ExtensionStatus(True, info.get("cuda") == "1", built_with, "", path)
+
+
+# --- finding the shared library ----------------------------------------------------------------------
+# After `pip install .`, Python started in the clone's root imports the source tree (the current
+# directory comes first on sys.path), which holds no compiled _C. Such a checkout then loads the
+# installed copy's _C, provided it was built from the same csrc/ (the fingerprint setup.py writes
+# beside it), so the schemas and kernels match the Python code that calls them.
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _import_extension() -> Tuple[Optional[str], str]:
+    """(path of the loaded stylesdf_fast._C, "") or (None, the reason it could not be loaded)."""
+    try:
+        from stylesdf_fast import _C
+        return _C.__file__, ""
+    except ImportError as error:
+        own_error = error
+    own_files = [p for p in PACKAGE_DIR.iterdir() if _is_extension_file(p.name)]
+    if own_files:   # present but unloadable: typically built against another torch
+        return None, f"{own_files[0]} could not be loaded ({own_error}); {REINSTALL_HINT}"
+    checkout = _source_checkout_root()
+    if checkout is None:
+        return None, f"the package in {PACKAGE_DIR} has no compiled extension (_C); {REINSTALL_HINT}"
+    return _load_installed_for_checkout(checkout)
+
+
+def _source_checkout_root() -> Optional[Path]:
+    """The repository root when this package is imported from a source checkout, else None."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "csrc").is_dir() and (root / "setup.py").is_file() else None
+
+
+def _installed_extensions() -> List[Path]:
+    """Compiled _C files of every installed stylesdf_fast distribution other than this checkout."""
+    from importlib import metadata
+
+    found = []
+    for dist in metadata.distributions(name="stylesdf_fast"):
+        for entry in dist.files or ():
+            if entry.parent.as_posix() == "stylesdf_fast" and _is_extension_file(entry.name):
+                path = Path(dist.locate_file(entry)).resolve()
+                if path.is_file() and path.parent != PACKAGE_DIR and path not in found:
+                    found.append(path)
+    return found
+
+
+def _is_extension_file(name: str) -> bool:
+    return any(name == "_C" + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _load_installed_for_checkout(checkout: Path) -> Tuple[Optional[str], str]:
+    candidates = _installed_extensions()
+    fix = f"run `pip install .` in {checkout}"
+    if not candidates:
+        return None, (f"stylesdf_fast is imported from the source checkout {checkout}, which has no compiled "
+                      f"extension, and no installed copy of stylesdf_fast was found; {fix}")
+    wanted = sources_fingerprint(checkout / "csrc")
+    for path in candidates:
+        if read_sidecar(path) == wanted:
+            _import_from_file(path)
+            return str(path), ""
+    return None, (f"stylesdf_fast is imported from the source checkout {checkout}, which has no compiled extension, "
+                  f"and the installed extension ({candidates[0]}) was built from other kernel sources than "
+                  f"{checkout / 'csrc'} (changed since it was installed); {fix} again")
+
+
+def _import_from_file(path: Path) -> None:
+    """Loads `path` as stylesdf_fast._C (its init function is PyInit__C whatever its folder)."""
+    spec = importlib.util.spec_from_file_location("stylesdf_fast._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["stylesdf_fast._C"] = module
 
 
 def kernel_unavailable_reason(device: torch.device) -> str:

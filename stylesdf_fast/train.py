@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ._extension import status as extension_status
 from .data import DatasetError
 from .training.config import (PRESETS, TrainConfig, add_config_arguments, config_from_args, explicit_overrides,
                               incompatible_fields, validate_config)
@@ -24,7 +25,8 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stylesdf_fast.train", description=__doc__.split("\n\n")[0],
+                                     epilog=extension_status().describe())
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
                         help="starting values of the config (default small: CPU-sized, on the built-in dataset)")
     parser.add_argument("--run-dir", default=None, help="output directory (default runs/<preset>-<time>)")
@@ -74,6 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .training.loop import run_training   # imports the models only once the arguments are good
 
     print(f"run directory: {run_dir}")
+    print(extension_status().describe())
     try:
         code = run_training(cfg, run_dir, resume=args.resume is not None)
     except (ValueError, DatasetError, FileExistsError) as error:

@@ -118,3 +118,94 @@ def test_import_turns_on_huge_page_allocation_unless_the_user_chose():
 def test_import_after_torch_leaves_the_allocator_setting_alone():
     # torch reads the variable once, when it starts: setting it afterwards would only mislead
     assert _thp_setting_after("torch, stylesdf_fast") == "None"
+
+
+# --- a source checkout uses the installed kernels -------------------------------------------------------
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_in(cwd, code_or_args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(env_extra or {})
+    args = code_or_args if isinstance(code_or_args, list) else ["-c", code_or_args]
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def _installed_extension_with_fingerprint():
+    """The installed _C and its recorded fingerprint, or a skip when this environment has none."""
+    from stylesdf_fast._sources import read_sidecar
+
+    state = stylesdf_fast.extension_status()
+    if not state.loaded or not read_sidecar(state.path):
+        pytest.skip("needs an installed stylesdf_fast._C with its source fingerprint (pip install .)")
+    return state.path
+
+
+OP_CALL_USING_KERNELS = (
+    "import stylesdf_fast, torch; from stylesdf_fast import ops; "
+    "x = torch.randn(2, 3, 4, 4); ops.fused_leaky_relu(x, impl='auto'); "
+    "state = stylesdf_fast.extension_status(); assert state.loaded, state.reason; "
+    "print(stylesdf_fast.__file__); print(state.path)"
+)
+
+
+def test_commands_from_the_clone_root_use_the_kernels():
+    """After `pip install .`, Python started in the clone's root imports the source tree (no _C of its
+    own); the documented commands must still run the compiled kernels."""
+    if not os.path.isdir(os.path.join(REPO_ROOT, "csrc")):
+        pytest.skip("the tests do not sit in a source checkout")
+    _installed_extension_with_fingerprint()
+    result = _run_in(REPO_ROOT, OP_CALL_USING_KERNELS, {"STYLESDF_FAST_REQUIRE_KERNELS": "1"})
+    assert result.returncode == 0, result.stderr
+    package_file, extension_path = result.stdout.split()[-2:]
+    assert os.path.dirname(os.path.dirname(package_file)) == REPO_ROOT   # the checkout is what was imported
+    assert os.path.isfile(extension_path)
+    help_text = _run_in(REPO_ROOT, ["-m", "stylesdf_fast.train", "--help"])
+    assert help_text.returncode == 0, help_text.stderr
+    assert "stylesdf_fast kernels: C++ CPU" in " ".join(help_text.stdout.split())
+
+
+def _copy_checkout(destination):
+    """A checkout without a build: the Python package (no _C), csrc/ and setup.py."""
+    import shutil
+
+    package = os.path.dirname(os.path.abspath(stylesdf_fast.__file__))
+    shutil.copytree(package, destination / "stylesdf_fast", ignore=shutil.ignore_patterns("_C.*", "__pycache__"))
+    shutil.copytree(os.path.join(REPO_ROOT, "csrc"), destination / "csrc")
+    shutil.copy(os.path.join(REPO_ROOT, "setup.py"), destination / "setup.py")
+
+
+def test_checkout_loads_the_installed_extension_only_when_built_from_its_sources(tmp_path):
+    if not os.path.isdir(os.path.join(REPO_ROOT, "csrc")):
+        pytest.skip("the tests do not sit in a source checkout")
+    extension = _installed_extension_with_fingerprint()
+    _copy_checkout(tmp_path)
+    same = _run_in(tmp_path, OP_CALL_USING_KERNELS)
+    if same.returncode != 0 and "other kernel sources" in same.stderr:
+        pytest.skip("the installed extension was built from other sources than this checkout's csrc/")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.split()[-2] == str(tmp_path / "stylesdf_fast" / "__init__.py")
+    assert same.stdout.split()[-1] == extension
+
+    with open(tmp_path / "csrc" / "ops.h", "a") as f:
+        f.write("// an edit after the install\n")
+    changed = _run_in(tmp_path, "import stylesdf_fast; print(stylesdf_fast.extension_status().describe())")
+    assert changed.returncode == 0, changed.stderr
+    message = " ".join(changed.stdout.split())
+    assert "unavailable" in message and "other kernel sources" in message
+    assert f"run `pip install .` in {tmp_path}" in message
+
+
+def test_checkout_without_any_installed_copy_says_what_to_run(tmp_path):
+    if not os.path.isdir(os.path.join(REPO_ROOT, "csrc")):
+        pytest.skip("the tests do not sit in a source checkout")
+    _copy_checkout(tmp_path)
+    # no installed distribution is visible to the loader
+    code = ("import importlib.metadata as m; m.distributions = lambda **kw: iter(()); "
+            "import stylesdf_fast; print(stylesdf_fast.extension_status().reason)")
+    result = _run_in(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    message = " ".join(result.stdout.split())
+    assert "no installed copy of stylesdf_fast was found" in message
+    assert f"run `pip install .` in {tmp_path}" in message

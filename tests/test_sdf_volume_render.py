@@ -728,14 +728,123 @@ def test_raw_layout_uses_the_packed_op():
     assert "sdf_volume_render_packed" in out.rgb.grad_fn.next_functions[0][0].name()
 
 
-def test_slices_stay_in_the_graph():
-    """Passing slices of one tensor keeps the slices differentiable on their own (no silent rerouting)."""
+def _slice_call(raw, inputs, impl="kernel", **kw):
+    features = raw[..., 4:] if raw.shape[-1] > 4 else None
+    return ops.sdf_volume_render(raw[..., 3], raw[..., :3], features, inputs["z_vals"], inputs["ray_norm"],
+                                 inputs["beta"], impl=impl, **kw)
+
+
+def _first_op_node(out):
+    return out.rgb.grad_fn.next_functions[0][0].name()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [None, 3])
+@pytest.mark.parametrize("force_background", [False, True])
+def test_slices_of_one_tensor_take_the_packed_path(device, channels, force_background):
+    """sdf_volume_render(raw[..., 3], raw[..., :3], raw[..., 4:]) renders from raw with the packed op:
+    the same outputs and the same gradient of raw (and beta) as the raw call, bit for bit, and as the
+    reference within tolerance."""
+    inputs = make_inputs((2, 3), 5, channels, device=device)
+    results = {}
+    for name in ("slices", "raw", "reference"):
+        raw = leaf(_packed_raw(inputs).reshape(-1, 4 + (channels or 0)).reshape(2, 3, 5, -1))  # raw is a view
+        beta = leaf(inputs["beta"])
+        args = dict(inputs, beta=beta)
+        if name == "raw":
+            out = ops.sdf_volume_render_raw(raw, args["z_vals"], args["ray_norm"], beta,
+                                            force_background=force_background, impl="kernel")
+        else:
+            out = _slice_call(raw, args, "kernel" if name == "slices" else "reference",
+                              force_background=force_background)
+        if name == "slices":
+            assert "sdf_volume_render_packed" in _first_op_node(out)
+        loss = out.rgb.square().sum() + (out.weights * args["z_vals"]).sum()
+        if out.features is not None:
+            loss = loss + out.features.sum()
+        results[name] = (out.rgb, out.weights) + torch.autograd.grad(loss, (raw, beta))
+    for got, same in zip(results["slices"], results["raw"]):
+        assert torch.equal(got, same)
+    for got, ref in zip(results["slices"], results["reference"]):
+        assert_close(got, ref)
+
+
+@pytest.mark.parametrize("layout", ["separate_tensors", "part_of_base", "overlapping", "permuted", "float32_sdf"])
+def test_other_layouts_keep_the_plain_op(layout):
+    """Slices that are not disjoint channel ranges of one whole contiguous tensor go through the plain
+    op, with the gradients autograd assembles (overlapping slices: their gradients add up)."""
     inputs = make_inputs((3,), 4, 2)
     raw = leaf(_packed_raw(inputs))
     sdf, rgb, features = raw[..., 3], raw[..., :3], raw[..., 4:]
+    if layout == "separate_tensors":
+        sdf = leaf(inputs["sdf"])
+    elif layout == "part_of_base":   # the rays are some rows of a larger tensor
+        raw = leaf(torch.cat([_packed_raw(inputs), _packed_raw(inputs)[:1]], 0))
+        sdf, rgb, features = raw[:3, :, 3], raw[:3, :, :3], raw[:3, :, 4:]
+    elif layout == "overlapping":
+        sdf = raw[..., 0]
+    elif layout == "permuted":
+        raw = leaf(_packed_raw(inputs).transpose(0, 1).contiguous()).transpose(0, 1)
+        sdf, rgb, features = raw[..., 3], raw[..., :3], raw[..., 4:]
+    elif layout == "float32_sdf":
+        sdf = sdf.float()
+    wrt = [t for t in {id(raw): raw, id(sdf): sdf}.values() if t.requires_grad and t.is_leaf] or [raw]
+    results = []
+    for impl in ("kernel", "reference"):
+        out = ops.sdf_volume_render(sdf, rgb, features, inputs["z_vals"], inputs["ray_norm"], inputs["beta"],
+                                    impl=impl)
+        if impl == "kernel":
+            assert "sdf_volume_render_packed" not in _first_op_node(out)
+        loss = out.rgb.square().sum() + out.features.sum() + out.weights[..., 0].sum()
+        results.append((out.rgb, out.features) + torch.autograd.grad(loss, wrt, allow_unused=True,
+                                                                     materialize_grads=True))
+    for got, ref in zip(*results):
+        assert_close(got, ref)
+
+
+def test_slices_whose_gradients_are_read_stay_in_the_graph():
+    """A slice with retain_grad() or a hook keeps its own gradient: the plain op runs."""
+    inputs = make_inputs((3,), 4, 2)
+    raw = leaf(_packed_raw(inputs))
+    sdf, rgb, features = raw[..., 3], raw[..., :3], raw[..., 4:]
+    sdf.retain_grad()
+    seen = []
+    rgb.register_hook(lambda grad: seen.append(grad))
     out = ops.sdf_volume_render(sdf, rgb, features, inputs["z_vals"], inputs["ray_norm"], inputs["beta"], impl="kernel")
-    grads = torch.autograd.grad(out.rgb.sum() + out.features.sum(), (sdf, rgb, features))
-    assert [g.shape for g in grads] == [sdf.shape, rgb.shape, features.shape]
+    assert "sdf_volume_render_packed" not in _first_op_node(out)
+    (out.rgb.sum() + out.features.sum()).backward()
+    assert sdf.grad is not None and sdf.grad.shape == sdf.shape
+    assert len(seen) == 1 and seen[0].shape == rgb.shape
+
+
+def test_slices_taken_without_autograd_keep_their_own_semantics():
+    """Slices taken under no_grad are leaves of their own (no path back to raw): the plain op runs, and
+    raw receives no gradient, as with the reference."""
+    inputs = make_inputs((3,), 4, 2)
+    raw = leaf(_packed_raw(inputs))
+    with torch.no_grad():
+        sdf, rgb, features = raw[..., 3], raw[..., :3], raw[..., 4:]
+    out = ops.sdf_volume_render(sdf, rgb, features, inputs["z_vals"], inputs["ray_norm"], inputs["beta"], impl="kernel")
+    assert "sdf_volume_render_packed" not in _first_op_node(out)
+    out.rgb.sum().backward()
+    assert raw.grad is None
+
+
+def test_slices_of_a_tensor_without_grad_render_without_a_graph():
+    inputs = make_inputs((3,), 4, 2)
+    raw = _packed_raw(inputs)
+    out = _slice_call(raw, dict(inputs, beta=inputs["beta"].detach()))
+    assert out.rgb.grad_fn is None and out.features.grad_fn is None
+    reference_out = _slice_call(raw, inputs, "reference")
+    assert_close(out.features, reference_out.features)
+
+
+def test_packed_op_rejects_overlapping_channel_ranges():
+    inputs = make_inputs((2,), 3, 2, dtype=torch.float32)
+    raw = _packed_raw(inputs)
+    with pytest.raises(RuntimeError, match="overlap"):
+        torch.ops.stylesdf_fast.sdf_volume_render_packed(raw, 0, 2, 4, 2, inputs["z_vals"], inputs["ray_norm"],
+                                                         inputs["beta"], False)
 
 
 @pytest.mark.parametrize("bad, error, words", [
@@ -748,6 +857,14 @@ def test_raw_layout_bad_input(bad, error, words):
         ops.sdf_volume_render_raw(bad(_packed_raw(inputs)), inputs["z_vals"], inputs["ray_norm"], inputs["beta"])
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("beta, error", [(torch.tensor([-0.1]), ValueError), (torch.tensor([0.1, 0.2]), ValueError),
+                                         (0.1, TypeError)])
+def test_raw_layout_bad_beta_names_the_raw_op(beta, error):
+    inputs = make_inputs((2,), 3, 2, dtype=torch.float32)
+    with pytest.raises(error, match=r"^sdf_volume_render_raw: beta"):
+        ops.sdf_volume_render_raw(_packed_raw(inputs), inputs["z_vals"], inputs["ray_norm"], beta)
 
 
 def test_opcheck_packed():

@@ -198,6 +198,15 @@ inline void check_packed_layout(const at::Tensor& raw, const PackedLayout& p) {
   const auto inside = [k](int64_t start, int64_t count) { return start >= 0 && count >= 0 && start + count <= k; };
   TORCH_CHECK(inside(p.rgb_offset, 3) && inside(p.sdf_offset, 1) && inside(p.feature_offset, p.channels),
               "sdf_volume_render_packed: channel ranges outside raw's ", k, " channels");
+  // The backward writes each range's gradient into one buffer: ranges sharing a channel would
+  // overwrite each other's gradients instead of adding them.
+  const auto apart = [](int64_t a, int64_t a_count, int64_t b, int64_t b_count) {
+    return a_count == 0 || b_count == 0 || a + a_count <= b || b + b_count <= a;
+  };
+  TORCH_CHECK(apart(p.rgb_offset, 3, p.sdf_offset, 1) && apart(p.rgb_offset, 3, p.feature_offset, p.channels) &&
+                  apart(p.sdf_offset, 1, p.feature_offset, p.channels),
+              "sdf_volume_render_packed: the rgb [", p.rgb_offset, ", +3), sdf [", p.sdf_offset, "] and features [",
+              p.feature_offset, ", +", p.channels, ") channel ranges overlap");
 }
 
 // (sdf, rgb, features) views of the packed buffer (features undefined when channels == 0).

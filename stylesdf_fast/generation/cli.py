@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .._extension import status as extension_status
+
 __all__ = ["new_parser", "start", "output_folder", "add_common_arguments", "check_common_arguments",
            "prepare_outdir", "pick_device", "fail", "load_or_fail"]
 
@@ -15,7 +17,8 @@ __all__ = ["new_parser", "start", "output_folder", "add_common_arguments", "chec
 def new_parser(command: str, description: str, *, truncation: float, outdir_root: str) -> argparse.ArgumentParser:
     """A command's parser with the shared flags; its outputs go to <outdir_root>/<checkpoint name> by default."""
     parser = argparse.ArgumentParser(prog=f"python -m stylesdf_fast.{command}", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=extension_status().describe())
     add_common_arguments(parser, truncation=truncation,
                          outdir_help=f"output folder (default: {outdir_root}/<checkpoint name>)")
     parser.set_defaults(outdir_root=outdir_root)
@@ -28,6 +31,8 @@ def start(parser: argparse.ArgumentParser, argv, check):
     args = parser.parse_args(argv)
     check(parser, args)
     device = pick_device(parser, args.device)
+    if args.impl != "reference":
+        print(extension_status().describe())
     return args, device, load_or_fail(parser, args, device)
 
 

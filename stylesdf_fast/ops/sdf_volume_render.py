@@ -17,14 +17,17 @@ The kernel keeps nothing of size rays x samples x channels: the backward re-read
 once, with a division-free reverse scan (KERNELS.md section 1). Gradients reach sdf, rgb, features
 and beta, also through out.weights; z_vals and ray_norm are constants.
 
-`sdf_volume_render_raw` takes StyleSDF's packed network output [..., S, 4 + C] instead of three
-slices of it (faster backward: one gradient for the packed tensor). `density_volume_render` is the
-same quadrature for NeRF code that has a density instead of an SDF.
+When sdf, rgb and features are slices of one tensor (StyleSDF's network output raw [..., S, 4 + C]:
+`sdf_volume_render(raw[..., 3], raw[..., :3], raw[..., 4:], ...)`), the op renders from that tensor
+and its backward writes one gradient for it, instead of autograd building a full-size zero gradient
+per slice and adding them up; `sdf_volume_render_raw(raw, ...)` is the same call spelled for the
+packed tensor. `density_volume_render` is the same quadrature for NeRF code that has a density
+instead of an SDF.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -58,12 +61,15 @@ def sdf_volume_render(
     rgb and features the same dtype as z_vals, or float16/bfloat16 (float32 math, outputs in their dtype).
     """
     _check_tensor_args(OP, "sdf", sdf, rgb, features, z_vals, ray_norm)
-    _check_beta(beta, sdf.device)
-    sdf = sdf.to(z_vals.dtype)
+    _check_beta(OP, beta, sdf.device)
     beta = beta.reshape(1).to(z_vals.dtype)
-    if _extension.use_kernel(impl, OP, sdf.device):
-        return _run_kernel(sdf, rgb, features, z_vals, ray_norm, beta, force_background, "sigmoid_pm1")
-    return reference.sdf_volume_render(sdf, rgb, features, z_vals, ray_norm, beta, force_background=force_background)
+    if not _extension.use_kernel(impl, OP, sdf.device):
+        return reference.sdf_volume_render(sdf, rgb, features, z_vals, ray_norm, beta,
+                                           force_background=force_background)
+    packed = _packed_source(sdf, rgb, features, z_vals.dtype)
+    if packed is not None:
+        return _run_packed_kernel(*packed, z_vals, ray_norm, beta, force_background)
+    return _run_kernel(sdf.to(z_vals.dtype), rgb, features, z_vals, ray_norm, beta, force_background, "sigmoid_pm1")
 
 
 def density_volume_render(
@@ -122,10 +128,7 @@ def sdf_volume_render_raw(
     """`sdf_volume_render` of StyleSDF's packed network output, as its `volume_integration` takes it:
     rgb = raw[..., :3], sdf = raw[..., 3], features = raw[..., 4:] (None when C = 0).
 
-    Prefer this to passing the three slices when they come from one tensor: the op then takes that
-    tensor and its backward writes one [..., S, 4 + C] gradient, whereas autograd turns a gradient
-    of each slice into a full-size zero tensor plus a copy and adds the three up (about 3x the time
-    of the whole fused backward at the stage-1 training shape). Gradients reach raw and beta.
+    Gradients reach raw and beta; raw's gradient is written once, whole.
     """
     if not isinstance(raw, torch.Tensor) or raw.dim() < 2 or raw.shape[-1] < 4:
         shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
@@ -133,26 +136,91 @@ def sdf_volume_render_raw(
     sdf, rgb = raw[..., 3], raw[..., :3]
     features = raw[..., 4:] if raw.shape[-1] > 4 else None
     _check_tensor_args(RAW_OP, "raw[..., 3]", sdf, rgb, features, z_vals, ray_norm)
-    _check_beta(beta, raw.device)
+    _check_beta(RAW_OP, beta, raw.device)
     if raw.dtype != z_vals.dtype:
         raise TypeError(f"{RAW_OP}: raw dtype {raw.dtype} differs from z_vals dtype {z_vals.dtype}")
     beta = beta.reshape(1).to(z_vals.dtype)
     if not _extension.use_kernel(impl, RAW_OP, raw.device):
         return reference.sdf_volume_render_raw(raw, z_vals, ray_norm, beta, force_background=force_background)
     lead, samples, channels = raw.shape[:-2], raw.shape[-2], raw.shape[-1]
-    rays = math.prod(lead)
-    packed = raw.reshape(rays, samples, channels)
+    packed = raw.reshape(math.prod(lead), samples, channels)
     if packed.stride(-1) != 1:
         packed = packed.contiguous()
+    return _run_packed_kernel(packed, lead, PackedLayout(0, 3, 4, channels - 4), z_vals, ray_norm, beta,
+                              force_background)
+
+
+class PackedLayout(NamedTuple):
+    """Where the three inputs sit in the channels of a packed [R, S, K] tensor."""
+    rgb_offset: int
+    sdf_offset: int
+    feature_offset: int
+    channels: int  # C; 0 without features
+
+
+def _run_packed_kernel(packed, lead, layout: PackedLayout, z_vals, ray_norm, beta, force_background):
+    """The packed op on packed [R, S, K] (R = prod(lead)); outputs reshaped to the leading dims."""
+    rays, samples = packed.shape[:2]
     rgb_map, feature_map, weights = torch.ops.stylesdf_fast.sdf_volume_render_packed(
-        packed, 0, 3, 4, channels - 4, z_vals.reshape(rays, samples), ray_norm.reshape(rays), beta,
-        force_background,
+        packed, *layout, z_vals.reshape(rays, samples), ray_norm.reshape(rays), beta, force_background,
     )
     return VolumeRenderOutput(
         rgb_map.reshape(*lead, 3),
-        feature_map.reshape(*lead, channels - 4) if features is not None else None,
+        feature_map.reshape(*lead, layout.channels) if layout.channels else None,
         weights.reshape(*lead, samples),
     )
+
+
+def _packed_source(sdf, rgb, features, dtype) -> Optional[Tuple[torch.Tensor, Tuple[int, ...], PackedLayout]]:
+    """(packed [R, S, K], leading dims, layout) when sdf, rgb and features are disjoint channel slices
+    of one contiguous tensor [..., S, K], else None. Rendering from that tensor gives the same values
+    and gradients as from its slices, with one gradient written for it."""
+    views = [sdf, rgb] + ([] if features is None else [features])
+    base = sdf._base
+    if base is None or torch.compiler.is_compiling() or not base.is_contiguous():
+        return None
+    if any(v._base is not base or v.dtype != dtype for v in views) or base.dtype != dtype:
+        return None
+    if features is not None and features.shape[-1] == 0:
+        return None   # the packed op has no "features of zero channels"; the plain op returns them
+    if any(v.retains_grad or v._backward_hooks for v in views):
+        return None   # the caller reads the slices' own gradients: keep the slices in the graph
+    lead, samples, row = tuple(sdf.shape[:-1]), sdf.shape[-1], sdf.stride(-1)
+    rays = math.prod(lead)
+    if row < 4 or base.numel() != rays * samples * row or rays * samples == 0:
+        return None
+    strides = _contiguous_strides((*lead, samples, row))
+    if sdf.stride() != strides[:-1] or any(v.stride() != strides for v in views[1:]):
+        return None
+    start = base.storage_offset()
+    layout = PackedLayout(rgb.storage_offset() - start, sdf.storage_offset() - start,
+                          features.storage_offset() - start if features is not None else 0,
+                          features.shape[-1] if features is not None else 0)
+    if not _disjoint_channel_ranges(layout, row):
+        return None
+    if not any(v.requires_grad for v in views):
+        return base.detach().view(rays, samples, row), lead, layout
+    if all(v.grad_fn is not None for v in views) and base.requires_grad:
+        return base.view(rays, samples, row), lead, layout
+    return None   # some slices were taken outside autograd (no grad_fn): their gradients reach no base
+
+
+def _contiguous_strides(shape) -> Tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _disjoint_channel_ranges(layout: PackedLayout, row: int) -> bool:
+    ranges = [(layout.rgb_offset, 3), (layout.sdf_offset, 1)]
+    if layout.channels:
+        ranges.append((layout.feature_offset, layout.channels))
+    if any(start < 0 or start + count > row for start, count in ranges):
+        return False
+    ranges.sort()
+    return all(first[0] + first[1] <= second[0] for first, second in zip(ranges, ranges[1:]))
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -202,20 +270,27 @@ def _check_tensor_args(op, density_name, density, rgb, features, z_vals, ray_nor
                              f"is computed for it); pass {name}.detach()")
 
 
-def _check_beta(beta, device: torch.device) -> None:
+def _check_beta(op: str, beta, device: torch.device) -> None:
+    """beta: one positive element on the inputs' device. Its value is read on the CPU only: on a GPU,
+    reading it would make every call wait for the device, so there an asynchronous device-side assert
+    stops a non-positive beta instead (it fails at the next synchronisation)."""
     if not isinstance(beta, torch.Tensor):
-        raise TypeError(f"{OP}: beta must be a one-element torch.Tensor, got {type(beta).__name__}")
+        raise TypeError(f"{op}: beta must be a one-element torch.Tensor, got {type(beta).__name__}")
     if not beta.is_floating_point():
-        raise TypeError(f"{OP}: beta must be a floating-point tensor, got dtype {beta.dtype}")
+        raise TypeError(f"{op}: beta must be a floating-point tensor, got dtype {beta.dtype}")
     if beta.device != device:
-        raise ValueError(f"{OP}: beta is on device {beta.device} but sdf is on device {device}; "
+        raise ValueError(f"{op}: beta is on device {beta.device} but sdf is on device {device}; "
                          "move them to the same device")
     if beta.numel() != 1:
-        raise ValueError(f"{OP}: beta must have exactly one element, got shape {tuple(beta.shape)}")
-    if not torch.compiler.is_compiling():
+        raise ValueError(f"{op}: beta must have exactly one element, got shape {tuple(beta.shape)}")
+    if torch.compiler.is_compiling():
+        return
+    if beta.device.type == "cpu":
         value = float(beta.detach().reshape(()))
         if not value > 0:  # also catches NaN
-            raise ValueError(f"{OP}: beta must be > 0, got {value}")
+            raise ValueError(f"{op}: beta must be > 0, got {value}")
+    else:
+        torch._assert_async(beta.detach().reshape(()) > 0)
 
 
 # --- dispatcher registrations (only when the extension is loaded) ---------------------------------
