@@ -85,7 +85,7 @@ def _state(stage: int, shapes: dict, impl: str, film_mode, device: torch.device)
 def prepare_variant(case: str, shapes: dict, variant, device: torch.device):
     """Builds one variant's training state, warms it up and measures its peak memory; returns
     (step, row without times)."""
-    from stylesdf_fast.training.loop import _iteration
+    from stylesdf_fast.training.loop import train_iteration
 
     name, impl, film_mode = variant
     stage, iteration = CASES[case]
@@ -93,7 +93,7 @@ def prepare_variant(case: str, shapes: dict, variant, device: torch.device):
     state, stream, batch = _state(stage, shapes, impl, film_mode, device)
 
     def step():
-        _iteration(state, iteration, stream)
+        train_iteration(state, iteration, stream)
 
     step()   # warm-up (lazy initialisation, allocator, oneDNN/cuDNN choices)
     peak = _common.peak_memory(step, device=device)

@@ -89,7 +89,7 @@ def _training_dataset(ckpt: str) -> Optional[str]:
     """The dataset one of our checkpoints was trained on (its stored config), None for official ones."""
     from .models.generator import _generator_state
     from .training.config import TrainConfig
-    from .training.loop import training_dataset_path
+    from .training.data import training_dataset_path
 
     try:
         config = _generator_state(ckpt)[1]

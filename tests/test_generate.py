@@ -45,7 +45,7 @@ def sphere_ckpt(tmp_path_factory):
     state = stages.build_stage(1, cfg, init_distributed("cpu"))
     init = stages.sphere_init_view(state)
     for iteration in range(cfg.sphere_init_iters):
-        loop._iteration(init, iteration, None)
+        loop.train_iteration(init, iteration, None)
     path = tmp_path_factory.mktemp("ckpt") / "sphere.pt"
     torch.save({"g": state.g.state_dict(), "g_ema": state.g.state_dict(), "config": dataclasses.asdict(cfg)}, path)
     return path
@@ -60,9 +60,34 @@ def test_generate_images_shapes_and_fixed_noise(tiny_full_ckpt):
     images, thumbnails = generate_images(model, z, angles, truncation=0.7)
     assert images.shape == (2, 3, 3, 32, 32) and thumbnails.shape == (2, 3, 3, 16, 16)
     assert torch.isfinite(images).all() and thumbnails.abs().max() <= 1.0 + 1e-5   # the renderer's rgb is in [-1, 1]
-    again, _ = generate_images(model, z, angles, truncation=0.7, batch_size=1)
-    torch.testing.assert_close(images, again, rtol=1e-4, atol=1e-5)   # same noise whatever the batching
+    fixed, _ = generate_images(model, z, angles, truncation=0.7, fixed_noise=True)
+    again, _ = generate_images(model, z, angles, truncation=0.7, batch_size=1, fixed_noise=True)
+    torch.testing.assert_close(fixed, again, rtol=1e-4, atol=1e-5)   # same noise whatever the batching
     assert torch.equal(identity_latents(2, 256, seed=3), z)
+
+
+def _with_visible_noise(model):
+    """The decoder's noise weights start at 0 (official init): make the noise show in the images."""
+    with torch.no_grad():
+        for name, parameter in model.generator.decoder.named_parameters():
+            if name.endswith("noise.weight"):
+                parameter.fill_(0.5)
+    return model
+
+
+def test_generated_views_draw_fresh_noise_unless_fixed(tiny_full_ckpt):
+    """As the official generate script (randomize_noise=True): two renders of the same view differ by
+    their decoder noise only; fixed_noise=True reuses the stored buffers; a seed makes it repeatable."""
+    model = _with_visible_noise(load_model(tiny_full_ckpt))
+    z = identity_latents(1, 256, seed=0)
+    same_view_twice = torch.zeros(1, 2, 2)
+    images, thumbnails = generate_images(model, z, same_view_twice, seed=5)
+    assert not torch.allclose(images[0, 0], images[0, 1])
+    torch.testing.assert_close(thumbnails[0, 0], thumbnails[0, 1])   # the renderer has no noise
+    repeat, _ = generate_images(model, z, same_view_twice, seed=5)
+    assert torch.equal(images, repeat)
+    fixed, _ = generate_images(model, z, same_view_twice, fixed_noise=True)
+    torch.testing.assert_close(fixed[0, 0], fixed[0, 1])
 
 
 def test_fixed_angles_are_the_official_13_views(tiny_full_ckpt):
@@ -158,6 +183,20 @@ def test_generate_cli_renderer_only_checkpoint_meshes_the_sphere(sphere_ckpt, tm
     entry = json.loads((out / "generation.json").read_text())["identities"][0]
     assert entry["marching_cubes_mesh"].endswith(".ply")
     assert Image.open(out / "images" / "0000000.png").size == (16, 16)     # thumbnails are the images
+
+
+def test_generate_cli_official_mesh_mapping_is_wider(sphere_ckpt, tmp_path):
+    """--official-mesh-mapping places the vertices as the official script (0.5-2% too wide)."""
+    extents = {}
+    for name, flags in (("ours", []), ("official", ["--official-mesh-mapping", "--fixed-noise"])):
+        out = tmp_path / name
+        assert generate.main(["--ckpt", str(sphere_ckpt), "--identities", "1", "--outdir", str(out),
+                              "--mesh-resolution", "24", *flags]) == 0
+        summary = json.loads((out / "generation.json").read_text())
+        mesh = trimesh.load(out / summary["identities"][0]["marching_cubes_mesh"], process=False)
+        extents[name] = mesh.extents
+    assert summary["mesh_mapping"] == "official" and summary["noise"] == "fixed buffers"
+    assert (extents["official"][:2] > extents["ours"][:2]).all()
 
 
 def test_render_video_cli(tiny_full_ckpt, tmp_path):

@@ -84,10 +84,11 @@ def official_render(r, c2w, focal, near, far, styles):
     viewdirs = viewdirs / torch.norm(viewdirs, dim=-1, keepdim=True)
     near = near.unsqueeze(-1) * torch.ones_like(rays_d[..., :1])
     far = far.unsqueeze(-1) * torch.ones_like(rays_d[..., :1])
-    t_vals = torch.linspace(0., 1. - 1 / n, steps=n, dtype=dtype).view(1, 1, 1, -1)
+    end = 1. - 1 / n if r.offset_sampling else 1.   # --no_offset_sampling: NeRF's stratified t_vals
+    t_vals = torch.linspace(0., end, steps=n, dtype=dtype).view(1, 1, 1, -1)
     z_vals = near * (1. - t_vals) + far * t_vals
     pts = rays_o.unsqueeze(3) + rays_d.unsqueeze(3) * z_vals.unsqueeze(-1)
-    normalized_pts = pts * 2 / ((far - near).unsqueeze(3))
+    normalized_pts = pts * 2 / ((far - near).unsqueeze(3)) if r.z_normalize else pts
     x = torch.cat([normalized_pts, viewdirs.unsqueeze(3).expand(normalized_pts.shape)], -1)
 
     net = r.network
@@ -101,9 +102,13 @@ def official_render(r, c2w, focal, near, far, styles):
     dists = z_vals[..., 1:] - z_vals[..., :-1]
     rays_d_norm = torch.norm(rays_d.unsqueeze(3), dim=-1)
     dists = torch.cat([dists, torch.full_like(rays_d_norm, 1e10)], -1) * rays_d_norm
-    beta = r.sigmoid_beta
-    sigma = torch.sigmoid(-sdf / beta) / beta
-    alpha = 1 - torch.exp(-sigma * dists.unsqueeze(-1))
+    noise = torch.randn_like(sdf) * r.raw_noise_std if r.raw_noise_std > 0 else 0.
+    if r.sdf:
+        beta = r.sigmoid_beta
+        sigma = torch.sigmoid(-sdf / beta) / beta
+        alpha = 1 - torch.exp(-sigma * dists.unsqueeze(-1))
+    else:   # --no_sdf: NeRF densities
+        alpha = 1 - torch.exp(-F.softplus(sdf + noise) * dists.unsqueeze(-1))
     visibility = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1, :]), 1. - alpha + 1e-10], 3), 3)[..., :-1, :]
     weights = alpha * visibility
     if r.force_background:
@@ -358,6 +363,28 @@ def test_render_matches_official_transcription(static_viewdirs, force_background
         expected = official_render(renderer, c2w, focal, near, far, styles)
     for name, value in expected.items():
         torch.testing.assert_close(getattr(out, name), value, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("options", [
+    dict(offset_sampling=False), dict(z_normalize=False), dict(sdf=False), dict(sdf=False, raw_noise_std=0.7),
+    dict(sdf=True, raw_noise_std=0.7), dict(offset_sampling=False, z_normalize=False, static_viewdirs=True,
+                                            force_background=True)])
+def test_training_switches_match_official_transcription(options):
+    """--no_offset_sampling, --no_z_normalize, --no_sdf with --raw_noise_std (the noise reaches the NeRF
+    densities only, as the official), --static_viewdirs and --force_background, without jitter."""
+    renderer = tiny_renderer(return_xyz=True, return_sdf=True, **options)
+    c2w, focal, near, far = cameras(2, 4)
+    styles = torch.randn(2, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        out = renderer(c2w, focal, near, far, styles)
+        torch.manual_seed(7)
+        expected = official_render(renderer, c2w, focal, near, far, styles)
+    for name, value in expected.items():
+        torch.testing.assert_close(getattr(out, name), value, rtol=1e-9, atol=1e-11, msg=name)
+    if not options.get("sdf", True):
+        assert renderer.sigmoid_beta is None and "sigmoid_beta" not in renderer.state_dict()
+        assert renderer(c2w, focal, near, far, styles, return_eikonal=True).eikonal_term is None
 
 
 # --- (d) eikonal term -----------------------------------------------------------------------------

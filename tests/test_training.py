@@ -172,6 +172,25 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_dataset, monkeypatch
             assert torch.equal(value, resumed[key][name]), f"{key}.{name}"
 
 
+def test_resume_in_stage_2_with_other_previews_matches_an_uninterrupted_run(tmp_path, tiny_dataset, monkeypatch):
+    """Stage 2 draws style mixing and previews draw latents and depth jitter: a run resumed with other
+    preview settings must still train exactly as the uninterrupted one (previews use a forked RNG,
+    the mixing point comes from torch's saved RNG)."""
+    common = ["--iter1", "2", "--iter2", "5", "--checkpoint-every", "2", "--mixing", "0.9"]
+    assert _train(tmp_path / "straight", tiny_dataset, *common) == 0
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2 + 3)   # the 2 stage-1 iterations, then 3 of stage 2
+        assert _train(tmp_path / "cut", tiny_dataset, *common) == 130
+    assert (tmp_path / "cut" / "checkpoints" / "stage2_0000003.pt").exists()
+    assert train.main(["--resume", str(tmp_path / "cut"), "--sample-every", "1", "--preview-identities", "3",
+                       "--preview-views", "3", "--preview-truncation", "0.5"]) == 0
+    straight = torch.load(tmp_path / "straight" / "final.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "cut" / "final.pt", weights_only=False)
+    for key in ("g", "d", "g_ema"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name}"
+
+
 def test_resume_refuses_incompatible_changes(tmp_path, tiny_dataset, capsys):
     assert _train(tmp_path / "run", tiny_dataset, "--stages", "1", "--iter1", "2") == 0
     assert train.main(["--resume", str(tmp_path / "run"), "--width", "64"]) == 2

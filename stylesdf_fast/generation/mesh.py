@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._atomic import atomic_path
+from .._atomic import atomic_path
 
 __all__ = ["Mesh", "NoSurfaceError", "MESH_SUFFIXES", "frustum_to_box", "marching_cubes_mesh",
            "depth_map_mesh", "save_mesh", "load_mesh"]

@@ -127,7 +127,7 @@ def truncation_centres(generator: Generator, truncation: float, *, samples: int 
 
 def renderer_latents(generator: Generator, z: torch.Tensor, truncation: float, centres) -> torch.Tensor:
     """w_r [N, D] of z [N, D] after truncation (what the renderer and the surface renderer see)."""
-    device = generator.renderer.sigmoid_beta.device
+    device = generator.renderer.device
     return generator.renderer_latents([z.to(device)], truncation, centres)[0]
 
 
@@ -141,13 +141,15 @@ def view_cameras(angles: torch.Tensor, resolution: int, cameras: CameraSettings,
 
 @torch.no_grad()
 def generate_images(model: LoadedModel, z: torch.Tensor, angles: torch.Tensor, *,
-                    truncation: float = DEFAULT_TRUNCATION, centres=None,
-                    batch_size: int = 4) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+                    truncation: float = DEFAULT_TRUNCATION, centres=None, batch_size: int = 4,
+                    fixed_noise: bool = False, seed: Optional[int] = None) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """Every identity z [N, D] from its views angles [N, K, 2] -> (images [N, K, 3, S, S] or None for a
     renderer-only checkpoint, thumbnails [N, K, 3, R, R]), in [-1, 1], on the CPU.
 
-    centres: truncation_centres(...) (computed here when None and truncation < 1). Fixed noise: all
-    views of an identity share the decoder noise, as the official script."""
+    centres: truncation_centres(...) (computed here when None and truncation < 1). Decoder noise: fresh
+    for every image, as the official generate script (randomize_noise=True), drawn from `seed` (a
+    forked RNG, so the caller's random state is untouched; None: the global RNG); fixed_noise=True uses
+    the stored noise buffers for every view instead (the official videos' choice)."""
     generator = model.generator
     if z.dim() != 2 or z.shape[1] != generator.style_dim:
         raise ValueError(f"generate_images: z must be [N, {generator.style_dim}], got {tuple(z.shape)}")
@@ -159,26 +161,31 @@ def generate_images(model: LoadedModel, z: torch.Tensor, angles: torch.Tensor, *
     flat_z = z.repeat_interleave(views, 0)                 # [N*K, D]
     flat_angles = angles.reshape(-1, 2)                    # [N*K, 2]
     images, thumbnails = [], []
-    for image, thumbnail in _render_batches(model, flat_z, flat_angles, truncation, centres, batch_size):
-        thumbnails.append(thumbnail)
-        if image is not None:
-            images.append(image)
+    devices = [generator.renderer.device] if generator.renderer.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for image, thumbnail in _render_batches(model, flat_z, flat_angles, truncation, centres, batch_size,
+                                                randomize_noise=not fixed_noise):
+            thumbnails.append(thumbnail)
+            if image is not None:
+                images.append(image)
     thumbnails = torch.cat(thumbnails).unflatten(0, (z.shape[0], views))
     images = torch.cat(images).unflatten(0, (z.shape[0], views)) if images else None
     return images, thumbnails
 
 
 def _render_batches(model: LoadedModel, z: torch.Tensor, angles: torch.Tensor, truncation: float, centres,
-                    batch_size: int) -> Iterator[Tuple[Optional[torch.Tensor], torch.Tensor]]:
+                    batch_size: int, randomize_noise: bool = False) -> Iterator[Tuple[Optional[torch.Tensor], torch.Tensor]]:
     generator = model.generator
-    device = generator.renderer.sigmoid_beta.device
+    device = generator.renderer.device
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     for start in range(0, z.shape[0], batch_size):
         cams = view_cameras(angles[start:start + batch_size], generator.renderer.out_im_res, model.cameras, device)
         image, thumbnail = generator([z[start:start + batch_size].to(device)], cams.c2w, cams.focal, cams.near,
                                      cams.far, truncation=truncation, truncation_latent=centres,
-                                     randomize_noise=False)[:2]
+                                     randomize_noise=randomize_noise)[:2]
         yield (None if image is None else image.float().cpu()), thumbnail.float().cpu()
 
 
@@ -211,10 +218,10 @@ def _surface_renderer(generator: Generator, resolution: int, samples: int, keep_
     surface = VolumeFeatureRenderer(base.style_dim, resolution, depth=1, width=1, n_samples=samples, perturb=0.0,
                                     offset_sampling=base.offset_sampling, z_normalize=base.z_normalize,
                                     static_viewdirs=True, force_background=True, return_xyz=True,
-                                    return_sdf=keep_sdf, impl=base.impl)
+                                    return_sdf=keep_sdf, sdf=base.sdf, impl=base.impl)
     surface.network = base.network            # shared modules (the depth-1 stand-in is dropped)
     surface.sigmoid_beta = base.sigmoid_beta
-    surface.to(base.sigmoid_beta.device)
+    surface.to(base.device)
     saved = base.network.output_features
     base.network.output_features = False
     try:
@@ -237,7 +244,7 @@ def render_surface(model: LoadedModel, w: torch.Tensor, angles: torch.Tensor, *,
     resolution^2 rays and `samples` samples per ray (the official surface renderer: 128 and 128,
     focal scaled with the resolution), one view and one band of rows at a time. On the CPU."""
     generator = model.generator
-    device = generator.renderer.sigmoid_beta.device
+    device = generator.renderer.device
     if w.dim() != 2 or w.shape[1] != generator.style_dim or angles.shape != (w.shape[0], 2):
         raise ValueError(f"render_surface: w must be [N, {generator.style_dim}] and angles [N, 2], got "
                          f"{tuple(w.shape)} and {tuple(angles.shape)}")
@@ -276,9 +283,10 @@ def angles_in_degrees(angle: Sequence[float]) -> Tuple[float, float]:
 def describe(model: LoadedModel) -> str:
     g = model.generator
     kind = f"full pipeline {g.size}px" if g.decoder is not None else f"renderer only {g.renderer.out_im_res}px"
+    density = (f"beta {float(g.renderer.sigmoid_beta.detach()):.4g}" if g.renderer.sdf
+               else "NeRF densities (no SDF)")
     return (f"{model.path} ({model.source} checkpoint, {kind}, width {g.renderer.network.width}, "
-            f"depth {g.renderer.network.depth}, {g.renderer.n_samples} samples/ray, beta "
-            f"{float(g.renderer.sigmoid_beta.detach()):.4g})")
+            f"depth {g.renderer.network.depth}, {g.renderer.n_samples} samples/ray, {density})")
 
 
 def write_json_atomic(path: Union[str, os.PathLike], payload) -> None:

@@ -48,7 +48,7 @@ def vertex_colors(model: LoadedModel, w: torch.Tensor, vertices: np.ndarray, nea
     """The renderer's colour at world points vertices [V, 3], seen along -z (a frontal static view
     direction) -> uint8 [V, 3]."""
     renderer = model.generator.renderer
-    device = renderer.sigmoid_beta.device
+    device = renderer.device
     points = torch.as_tensor(vertices, dtype=torch.float32, device=device)
     if renderer.z_normalize:
         points = points * (2 / (far - near))                                    # the network's input scale

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._atomic import atomic_path
+from .._atomic import atomic_path
 
 __all__ = ["VIDEO_SUFFIXES", "DEFAULT_FPS", "DEFAULT_CRF", "write_video", "video_info", "shade_normals",
            "colorize_depth", "DEFAULT_LIGHT_DIR"]

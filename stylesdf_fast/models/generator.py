@@ -30,7 +30,8 @@ class Generator(nn.Module):
                  channel_multiplier: int = 2, lr_mapping: float = 0.01, renderer_spatial_output_dim: int = 64,
                  depth: int = 8, width: int = 256, n_samples: int = 24, perturb: float = 1.0,
                  offset_sampling: bool = True, z_normalize: bool = True, static_viewdirs: bool = False,
-                 force_background: bool = False, channel_max: int = 512, impl: str = "auto"):
+                 force_background: bool = False, sdf: bool = True, raw_noise_std: float = 0.0,
+                 channel_max: int = 512, impl: str = "auto"):
         super().__init__()
         self.size = size
         self.full_pipeline = full_pipeline
@@ -39,7 +40,8 @@ class Generator(nn.Module):
         self.renderer = VolumeFeatureRenderer(
             style_dim, renderer_spatial_output_dim, depth=depth, width=width, n_samples=n_samples, perturb=perturb,
             offset_sampling=offset_sampling, z_normalize=z_normalize, static_viewdirs=static_viewdirs,
-            force_background=force_background, output_features=full_pipeline, impl=impl,
+            force_background=force_background, output_features=full_pipeline, sdf=sdf, raw_noise_std=raw_noise_std,
+            impl=impl,
         )
         self.decoder = (Decoder(size, style_dim, channel_multiplier, lr_mapping, feature_channels=width,
                                 in_size=renderer_spatial_output_dim, channel_max=channel_max, impl=impl)
@@ -55,7 +57,7 @@ class Generator(nn.Module):
         mapping of mean_r."""
         if n_latent < 1:
             raise ValueError(f"Generator.mean_latent: n_latent must be >= 1, got {n_latent}")
-        device = device if device is not None else self.renderer.sigmoid_beta.device
+        device = device if device is not None else self.renderer.device
         w_r = self.style(torch.randn(n_latent, self.style_dim, device=device))
         mean_d = self.decoder.mean_latent(w_r) if self.decoder is not None else None
         return [w_r.mean(0, keepdim=True), mean_d]
@@ -139,11 +141,13 @@ def _renderer_outputs(renderer: VolumeFeatureRenderer, *, xyz: bool, sdf: bool):
 
 def generator_config_from_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, object]:
     """Generator constructor arguments implied by an official-layout g_ema state_dict."""
-    if "style.0.weight" not in state or "renderer.sigmoid_beta" not in state:
-        raise ValueError("not a StyleSDF generator state_dict: it lacks 'style.0.weight' / 'renderer.sigmoid_beta'")
+    trunk = "renderer.network.pts_linears.0.weight"
+    if "style.0.weight" not in state or trunk not in state:
+        raise ValueError(f"not a StyleSDF generator state_dict: it lacks 'style.0.weight' / '{trunk}'")
     full_pipeline = any(key.startswith("decoder.") for key in state)
     config: Dict[str, object] = {
         "full_pipeline": full_pipeline,
+        "sdf": "renderer.sigmoid_beta" in state,   # absent in the official NeRF mode (--no_sdf)
         "style_dim": state["style.0.weight"].shape[1],
         "width": state["renderer.network.pts_linears.0.weight"].shape[0],
         "depth": len({k.split(".")[3] for k in state if k.startswith("renderer.network.pts_linears.")}),

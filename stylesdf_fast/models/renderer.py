@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from .. import _extension
 from ..ops.film_siren import film_siren
 from ..ops.fused_leaky_relu import fused_leaky_relu
-from ..ops.sdf_volume_render import sdf_volume_render_raw
+from ..ops.sdf_volume_render import density_volume_render, sdf_volume_render_raw
 
 __all__ = [
     "MappingLinear",
@@ -423,15 +423,16 @@ class VolumeFeatureRenderer(nn.Module):
     z_normalize: network points = world points x 2 / (far - near); static_viewdirs: the view
     direction is the camera-frame one (inference scripts) instead of the world one; force_background:
     the last sample takes the remaining weight; return_xyz / return_sdf add those outputs;
-    output_features=False (stage 1) drops the 256-d feature map. impl picks the kernels ("auto",
-    "kernel", "reference") of the quadrature op.
+    output_features=False (stage 1) drops the 256-d feature map; sdf=False is the official NeRF mode
+    (`--no_sdf`: sigma = softplus(raw + N(0, raw_noise_std^2)), no learnable beta, no eikonal term).
+    impl picks the kernels ("auto", "kernel", "reference") of the quadrature op.
     """
 
     def __init__(self, style_dim: int = 256, out_im_res: int = 64, *, depth: int = 8, width: int = 256,
                  n_samples: int = 24, perturb: float = 1.0, offset_sampling: bool = True,
                  z_normalize: bool = True, static_viewdirs: bool = False, force_background: bool = False,
                  return_xyz: bool = False, return_sdf: bool = False, output_features: bool = True,
-                 impl: str = "auto"):
+                 sdf: bool = True, raw_noise_std: float = 0.0, impl: str = "auto"):
         super().__init__()
         for name, value in (("style_dim", style_dim), ("out_im_res", out_im_res), ("depth", depth),
                             ("width", width), ("n_samples", n_samples)):
@@ -447,9 +448,14 @@ class VolumeFeatureRenderer(nn.Module):
         self.force_background = force_background
         self.return_xyz = return_xyz
         self.return_sdf = return_sdf
+        self.sdf = bool(sdf)
+        self.raw_noise_std = float(raw_noise_std)
         self._impl = _check_impl("VolumeFeatureRenderer", impl)
 
-        self.sigmoid_beta = nn.Parameter(SIGMOID_BETA_INIT * torch.ones(1))
+        if self.sdf:
+            self.sigmoid_beta = nn.Parameter(SIGMOID_BETA_INIT * torch.ones(1))
+        else:   # the official NeRF mode has no beta, and no such key in its checkpoints
+            self.register_parameter("sigmoid_beta", None)
         i, j = pixel_grid(out_im_res)
         # Derived constants: non-persistent, so the state_dict keeps the official 65 keys.
         self.register_buffer("i", i, persistent=False)  # [1, H, W] column centres
@@ -481,6 +487,10 @@ class VolumeFeatureRenderer(nn.Module):
                 layer.film_mode, layer.impl = mode, self._impl
 
     @property
+    def device(self) -> torch.device:
+        return self.network.pts_linears[0].weight.device
+
+    @property
     def output_features(self) -> bool:
         # Lives in the network, which packs (or drops) the features; settable after construction.
         return self.network.output_features
@@ -493,7 +503,8 @@ class VolumeFeatureRenderer(nn.Module):
         return (f"out_im_res={self.out_im_res}, n_samples={self.n_samples}, perturb={self.perturb}, "
                 f"offset_sampling={self.offset_sampling}, z_normalize={self.z_normalize}, "
                 f"static_viewdirs={self.static_viewdirs}, force_background={self.force_background}, "
-                f"output_features={self.output_features}, impl={self.impl!r}")
+                f"output_features={self.output_features}, sdf={self.sdf}, raw_noise_std={self.raw_noise_std}, "
+                f"impl={self.impl!r}")
 
     # --- public entry points ----------------------------------------------------------------------
 
@@ -523,6 +534,7 @@ class VolumeFeatureRenderer(nn.Module):
         if return_eikonal and not torch.is_grad_enabled():
             raise ValueError("VolumeFeatureRenderer: return_eikonal=True needs gradient mode (the eikonal term "
                              "is a gradient); call it outside torch.no_grad()/inference_mode()")
+        return_eikonal = return_eikonal and self.sdf   # NeRF mode has no SDF to differentiate (official: None)
         samples = self._samples(cam_poses, focal, near, far, jitter=self.perturb > 0,
                                 stratified=not self.offset_sampling, track_points=return_eikonal,
                                 rows=self._check_rows(rows))
@@ -535,8 +547,7 @@ class VolumeFeatureRenderer(nn.Module):
         ray_norm = torch.linalg.vector_norm(samples.rays_d, dim=-1).detach()  # [B, H, W]
         if raw.dtype != z_vals.dtype:
             raw = raw.to(z_vals.dtype)  # autocast: the packed op wants one dtype
-        rgb, features, weights = sdf_volume_render_raw(raw, z_vals, ray_norm, self.sigmoid_beta,
-                                                       force_background=self.force_background, impl=self.impl)
+        rgb, features, weights = self._integrate(raw, z_vals, ray_norm)
         xyz = mask = None
         if self.return_xyz:
             # sum_i w_i (o + z_i d) without materialising the weighted points
@@ -554,6 +565,20 @@ class VolumeFeatureRenderer(nn.Module):
             z_vals=z_vals,
         )
 
+    def _integrate(self, raw: torch.Tensor, z_vals: torch.Tensor, ray_norm: torch.Tensor):
+        """The quadrature of raw [B, H, W, S, 4 + C]: (rgb [B, H, W, 3], features or None, weights)."""
+        if self.sdf:
+            return sdf_volume_render_raw(raw, z_vals, ray_norm, self.sigmoid_beta,
+                                         force_background=self.force_background, impl=self.impl)
+        # NeRF mode (official --no_sdf): the sdf channel is a density logit, sigma = softplus(raw + noise)
+        logit = raw[..., 3]
+        if self.raw_noise_std > 0:
+            logit = logit + torch.randn_like(logit) * self.raw_noise_std
+        features = raw[..., 4:] if raw.shape[-1] > 4 else None
+        return density_volume_render(F.softplus(logit), raw[..., :3], features, z_vals, ray_norm,
+                                     rgb_activation="sigmoid_pm1", force_background=self.force_background,
+                                     impl=self.impl)
+
     def mlp_init_pass(self, cam_poses: torch.Tensor, focal: Number, near: Number, far: Number,
                       styles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Sphere initialisation (STYLESDF.md 4.1): SDF at stratified samples along the rays and its
@@ -562,6 +587,9 @@ class VolumeFeatureRenderer(nn.Module):
         Returns (sdf [B, H, W, S], target [B, H, W, S]); the loss is L1 between them. Always
         stratified with jitter (on the renderer's t_vals, as the official), whatever perturb says.
         """
+        if not self.sdf:
+            raise ValueError("VolumeFeatureRenderer.mlp_init_pass: the sphere initialisation fits an SDF; this "
+                             "renderer is in NeRF density mode (sdf=False)")
         cam_poses, focal, near, far = self._check_inputs(cam_poses, focal, near, far, styles)
         samples = self._samples(cam_poses, focal, near, far, jitter=True, stratified=True, track_points=False)
         sdf = self.network.sdf(samples.net_points, styles).squeeze(-1)  # colour branch not needed
@@ -636,10 +664,10 @@ class VolumeFeatureRenderer(nn.Module):
         if not isinstance(styles, torch.Tensor) or tuple(styles.shape) != (batch, self.style_dim):
             got = tuple(styles.shape) if isinstance(styles, torch.Tensor) else type(styles).__name__
             raise ValueError(f"{name}: styles must be [B, style_dim] = [{batch}, {self.style_dim}], got {got}")
-        device = self.sigmoid_beta.device
+        device = self.device
         # Rays and depths in float64 for a float64 module, else float32 (as the official's rays.float();
         # the quadrature op takes float32/float64 depths only).
-        dtype = torch.float64 if self.sigmoid_beta.dtype == torch.float64 else torch.float32
+        dtype = torch.float64 if self.network.pts_linears[0].weight.dtype == torch.float64 else torch.float32
         for label, tensor in (("cam_poses", cam_poses), ("styles", styles)):
             if tensor.device != device:
                 raise ValueError(f"{name}: {label} is on {tensor.device} but the renderer is on {device}")

@@ -8,87 +8,107 @@ flag `--field value` (`--no-field` for booleans that default to true).
 from __future__ import annotations
 
 import argparse
-import inspect
-import os
-import re
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Sequence
 
-__all__ = ["TrainConfig", "PRESETS", "preset_config", "add_config_arguments", "config_from_args",
-           "RUN_CONTROL_FIELDS", "incompatible_fields", "validate_config"]
+__all__ = ["TrainConfig", "PRESETS", "PRESET_GLOBAL_BATCH", "preset_config", "add_config_arguments",
+           "config_from_args", "RUN_CONTROL_FIELDS", "incompatible_fields", "validate_config", "global_batch_warning"]
 
 EMA_DECAY_OFFICIAL = 0.5 ** (32 / (10 * 1000))   # 0.99778 per iteration
+CHUNK_LOSSES = ("mean", "sum")
+
+
+def option(default, help_text: str):
+    """A config field with its --help text (kept as data, so the flags need no source files)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
 
 
 @dataclass
 class TrainConfig:
     # --- run ---------------------------------------------------------------------------------------
-    preset: str = "small"                # which preset these values started from
-    stages: str = "1,2"                  # stages to run: "1", "2" or "1,2"
-    seed: int = 0                        # base seed; rank r draws from seed + r
-    deterministic: bool = False          # torch.use_deterministic_algorithms (fixed-seed mode)
-    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
-    bf16: bool = False                   # bfloat16 autocast of the forward passes (GPU only)
-    log_every: int = 10                  # iterations between metric reports (window means; JSONL, TensorBoard, bar)
-    sample_every: int = 200              # iterations between sample grids (PNG)
-    checkpoint_every: int = 500          # iterations between checkpoints
-    keep_checkpoints: int = 3            # newest periodic checkpoints kept per stage (0: keep all)
+    preset: str = option("small", "which preset these values started from")
+    stages: str = option("1,2", "stages to run: '1', '2' or '1,2'")
+    seed: int = option(0, "base seed; rank r draws from seed + r")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms (fixed-seed mode)")
+    device: str = option("auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
+    bf16: bool = option(False, "bfloat16 autocast of the forward passes (GPU only)")
+    log_every: int = option(10, "iterations between metric reports (window means; JSONL, TensorBoard, bar)")
+    sample_every: int = option(200, "iterations between sample grids (PNG)")
+    checkpoint_every: int = option(500, "iterations between checkpoints")
+    keep_checkpoints: int = option(3, "newest periodic checkpoints kept per stage (0: keep all)")
     # --- data --------------------------------------------------------------------------------------
-    dataset: Optional[str] = None        # LMDB or image folder; None: the built-in synthetic dataset
-    synthetic_images: int = 2000         # size of the built-in dataset when dataset is None
-    workers: int = 2                     # DataLoader worker processes per rank
-    hflip: bool = True                   # random horizontal flips of the real images
+    dataset: Optional[str] = option(None, "LMDB or image folder; None: the built-in synthetic dataset")
+    synthetic_images: int = option(2000, "size of the built-in dataset when dataset is None")
+    workers: int = option(2, "DataLoader worker processes per rank")
+    hflip: bool = option(True, "random horizontal flips of the real images")
     # --- model -------------------------------------------------------------------------------------
-    size: int = 256                      # final image size (decoder output, stage 2)
-    renderer_size: int = 64              # renderer output size (renderer_spatial_output_dim)
-    style_dim: int = 256                 # latent size of z and w_r
-    depth: int = 8                       # FiLM-SIREN layers of the SDF trunk
-    width: int = 256                     # SIREN width = renderer feature channels
-    n_samples: int = 24                  # samples per ray
-    channel_multiplier: int = 2          # StyleGAN2 channel multiplier (decoder and stage-2 D)
-    channel_max: int = 512               # cap on StyleGAN2 channels (512: official)
-    d1_channel_max: int = 400            # cap on the stage-1 discriminator's channels (400: official)
-    lr_mapping: float = 0.01             # learning-rate multiplier of the decoder mapping
-    impl: str = "auto"                   # kernels: "auto", "kernel" or "reference"
+    size: int = option(256, "final image size (decoder output, stage 2)")
+    renderer_size: int = option(64, "renderer output size (renderer_spatial_output_dim)")
+    style_dim: int = option(256, "latent size of z and w_r")
+    depth: int = option(8, "FiLM-SIREN layers of the SDF trunk")
+    width: int = option(256, "SIREN width = renderer feature channels")
+    n_samples: int = option(24, "samples per ray")
+    channel_multiplier: int = option(2, "StyleGAN2 channel multiplier (decoder and stage-2 D)")
+    channel_max: int = option(512, "cap on StyleGAN2 channels (512: official)")
+    d1_channel_max: int = option(400, "cap on the stage-1 discriminator's channels (400: official)")
+    lr_mapping: float = option(0.01, "learning-rate multiplier of the decoder mapping")
+    impl: str = option("auto", "kernels: 'auto', 'kernel' or 'reference'")
+    # --- renderer switches (the official training options) -----------------------------------------
+    sdf: bool = option(True, "SDF renderer; --no-sdf: NeRF densities softplus(raw + noise), no eikonal, "
+                             "minimal-surface or sphere init (official --no_sdf)")
+    raw_noise_std: float = option(0.0, "std of the noise added to the raw density before softplus (NeRF mode "
+                                       "only, as the official)")
+    offset_sampling: bool = option(True, "one random offset per ray (official); --no-offset-sampling: "
+                                         "stratified samples (official --no_offset_sampling)")
+    z_normalize: bool = option(True, "network points = world points x 2 / (far - near) (official); "
+                                     "--no-z-normalize as the official --no_z_normalize")
+    static_viewdirs: bool = option(False, "view directions in the camera frame (official --static_viewdirs)")
+    force_background: bool = option(False, "the last sample takes the remaining weight (official --force_background)")
     # --- cameras -----------------------------------------------------------------------------------
-    azim: float = 0.3                    # azimuth std (or half-range with uniform), radians
-    elev: float = 0.15                   # elevation std (or half-range), radians
-    fov: float = 6.0                     # HALF field of view, degrees
-    dist_radius: float = 0.12            # near/far = 1 -/+ dist_radius
-    uniform: bool = False                # uniform instead of Gaussian camera poses
+    azim: float = option(0.3, "azimuth std (or half-range with uniform), radians")
+    elev: float = option(0.15, "elevation std (or half-range), radians")
+    fov: float = option(6.0, "HALF field of view, degrees")
+    dist_radius: float = option(0.12, "near/far = 1 -/+ dist_radius")
+    uniform: bool = option(False, "uniform instead of Gaussian camera poses")
     # --- stage 1: volume renderer ------------------------------------------------------------------
-    iter1: int = 200001                  # stage-1 iterations (the official run forces 200,001)
-    batch1: int = 4                      # stage-1 images per process per iteration
-    chunk1: int = 4                      # stage-1 images per forward pass (gradient accumulation)
-    g_lr1: float = 2e-5                  # stage-1 G learning rate, Adam betas (0, 0.9)
-    d_lr1: float = 2e-4                  # stage-1 D learning rate, Adam betas (0, 0.9)
-    r1_stage1: float = 10.0              # R1 weight on the real thumbnails, every iteration
-    view_lambda: float = 15.0            # viewpoint (pose) loss weight in D and G
-    eikonal_lambda: float = 0.1          # eikonal loss weight
-    min_surf_lambda: float = 0.05        # minimal-surface loss weight
-    min_surf_beta: float = 100.0         # minimal-surface sharpness: exp(-beta |sdf|)
-    sphere_init: str = "auto"            # "auto" (run it), "skip", or a checkpoint file to load
-    sphere_init_iters: int = 10000       # sphere-initialisation iterations
-    sphere_init_batch: int = 3           # sphere-initialisation batch
+    iter1: int = option(200001, "stage-1 iterations (the official run forces 200,001)")
+    batch1: int = option(4, "stage-1 images per process per iteration")
+    chunk1: int = option(4, "stage-1 images per forward pass (gradient accumulation)")
+    g_lr1: float = option(2e-5, "stage-1 G learning rate, Adam betas (0, 0.9)")
+    d_lr1: float = option(2e-4, "stage-1 D learning rate, Adam betas (0, 0.9)")
+    r1_stage1: float = option(10.0, "R1 weight on the real thumbnails, every iteration")
+    view_lambda: float = option(15.0, "viewpoint (pose) loss weight in D and G")
+    eikonal_lambda: float = option(0.1, "eikonal loss weight")
+    min_surf_lambda: float = option(0.05, "minimal-surface loss weight")
+    min_surf_beta: float = option(100.0, "minimal-surface sharpness: exp(-beta |sdf|)")
+    sphere_init: str = option("auto", "'auto' (run it), 'skip', or a checkpoint file to load")
+    sphere_init_iters: int = option(10000, "sphere-initialisation iterations")
+    sphere_init_batch: int = option(3, "sphere-initialisation batch")
     # --- stage 2: full pipeline --------------------------------------------------------------------
-    iter2: int = 300000                  # stage-2 iterations
-    batch2: int = 4                      # stage-2 images per process per iteration
-    chunk2: int = 4                      # stage-2 images per forward pass
-    lr2: float = 0.002                   # stage-2 base learning rate (lazy-regularisation corrected)
-    r1_stage2: float = 10.0              # R1 weight (lazy) on the full-resolution reals
-    d_reg_every: int = 16                # lazy R1 interval
-    g_reg_every: int = 4                 # path-length regularisation interval
-    path_regularize: float = 2.0         # path-length weight
-    path_batch_shrink: int = 2           # path-length batch = batch2 // path_batch_shrink
-    mixing: float = 0.9                  # style-mixing probability
-    stage2_renderer: Optional[str] = None  # checkpoint whose g_ema renderer starts stage 2 (None: this run's stage 1)
+    iter2: int = option(300000, "stage-2 iterations")
+    batch2: int = option(4, "stage-2 images per process per iteration")
+    chunk2: int = option(4, "stage-2 images per forward pass")
+    lr2: float = option(0.002, "stage-2 base learning rate (lazy-regularisation corrected)")
+    r1_stage2: float = option(10.0, "R1 weight (lazy) on the full-resolution reals")
+    d_reg_every: int = option(16, "lazy R1 interval")
+    g_reg_every: int = option(4, "path-length regularisation interval")
+    path_regularize: float = option(2.0, "path-length weight")
+    path_batch_shrink: int = option(2, "path-length batch = batch2 // path_batch_shrink")
+    mixing: float = option(0.9, "style-mixing probability")
+    stage2_renderer: Optional[str] = option(None, "checkpoint whose g_ema renderer starts stage 2 (None: this run's stage 1)")
     # --- both stages -------------------------------------------------------------------------------
-    ema_decay: float = EMA_DECAY_OFFICIAL  # per-iteration EMA decay of g_ema
-    preview_truncation: float = 0.7     # truncation of the sample grids
-    preview_identities: int = 8          # identities in a sample grid (rows)
-    preview_views: int = 8               # views per identity in a sample grid (columns)
+    chunk_losses: str = option("mean", "'mean': a step's gradient is the mean over its batch, whatever the chunk "
+                                       "size; 'sum': the chunks' mean losses are added up, as the official scripts "
+                                       "(the path-length pass then runs on the whole path batch once per chunk of it)")
+    r1_with_d_step: bool = option(False, "stage 2: the lazy R1 term joins that iteration's D step (official) "
+                                         "instead of a step of its own")
+    ema_decay: float = option(EMA_DECAY_OFFICIAL, "per-iteration EMA decay of g_ema")
+    preview_truncation: float = option(0.7, "truncation of the sample grids")
+    preview_identities: int = option(8, "identities in a sample grid (rows)")
+    preview_views: int = option(8, "views per identity in a sample grid (columns)")
 
     def stage_list(self):
         stages = [s.strip() for s in str(self.stages).split(",") if s.strip()]
@@ -118,14 +138,34 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   iter1=450, batch1=4, chunk1=4, g_lr1=3e-4, d_lr1=1e-4, r1_stage1=50.0, sphere_init_iters=200,
                   sphere_init_batch=4, iter2=120, batch2=4, chunk2=4, lr2=0.002, ema_decay=0.98,
                   log_every=10, sample_every=150, checkpoint_every=150, preview_identities=4, preview_views=6),
-    # The official FFHQ scripts (per GPU: stage 1 batch 12 / chunk 6 on 2 GPUs; stage 2 batch 8 /
-    # chunk 2 at 1024 on 4 GPUs).
+    # The official FFHQ scripts, per process: stage 1 batch 12 / chunk 6 on 2 GPUs (global 24), stage 2
+    # batch 8 / chunk 2 at 1024 on 4 GPUs (global 32), with the official loss reduction.
     "ffhq1024": dict(size=1024, iter1=200001, batch1=12, chunk1=6, iter2=300000, batch2=8, chunk2=2,
+                     chunk_losses="sum", r1_with_d_step=True,
                      log_every=100, sample_every=1000, checkpoint_every=10000, keep_checkpoints=0),
-    # The official AFHQ scripts: azimuth 0.15, R1 50 at 512.
+    # The official AFHQ scripts: the same process counts, azimuth 0.15, stage-2 chunk 4 and R1 50 at 512.
     "afhq512": dict(size=512, azim=0.15, iter1=200001, batch1=12, chunk1=6, iter2=300000, batch2=8, chunk2=4,
-                    r1_stage2=50.0, log_every=100, sample_every=1000, checkpoint_every=10000, keep_checkpoints=0),
+                    r1_stage2=50.0, chunk_losses="sum", r1_with_d_step=True,
+                    log_every=100, sample_every=1000, checkpoint_every=10000, keep_checkpoints=0),
 }
+
+
+# The global batch (processes x batch per process) each stage of a preset is meant for: the official
+# runs use 2 GPUs for stage 1 and 4 for stage 2, so one process count cannot serve both stages.
+PRESET_GLOBAL_BATCH: Dict[str, Dict[int, int]] = {"ffhq1024": {1: 24, 2: 32}, "afhq512": {1: 24, 2: 32}}
+
+
+def global_batch_warning(cfg: TrainConfig, stage: int, world_size: int) -> Optional[str]:
+    """A warning when this run's global batch for `stage` differs from the one its preset is meant for."""
+    intended = PRESET_GLOBAL_BATCH.get(cfg.preset, {}).get(stage)
+    batch = cfg.batch1 if stage == 1 else cfg.batch2
+    if intended is None or batch * world_size == intended:
+        return None
+    processes = intended // batch if intended % batch == 0 else None
+    fix = (f"run stage {stage} with {processes} processes (torchrun --nproc_per_node {processes})"
+           if processes else f"set --batch{stage} so that processes x batch = {intended}")
+    return (f"warning: stage {stage} of the {cfg.preset} preset is meant for a global batch of {intended}, but this "
+            f"run has {world_size} process(es) x {batch} = {batch * world_size}; to reproduce the official run, {fix}")
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:
@@ -148,26 +188,15 @@ def _field_type(field) -> type:
     return str
 
 
-def _field_comments() -> Dict[str, str]:
-    """name -> the comment written beside the field in TrainConfig (the flags' help text)."""
-    comments = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (default None = keep the preset's value), its comment as help."""
     group = parser.add_argument_group("config fields (override the preset; defaults are the preset's)")
-    comments = _field_comments()
     for field in fields(TrainConfig):
         if field.name == "preset":
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = _field_type(field)
-        text = comments.get(field.name, "").replace("%", "%%")
+        text = field.metadata.get("help", "").replace("%", "%%")
         if kind is bool:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -223,6 +252,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.chunk2 > 1 and cfg.chunk2 % 2 and cfg.chunk2 % 3:
         problems.append(f"--chunk2 {cfg.chunk2}: the stage-2 discriminator's minibatch stddev needs chunks of 1 or "
                         f"a multiple of 2 or 3")
+    if cfg.chunk_losses not in CHUNK_LOSSES:
+        problems.append(f"--chunk-losses must be one of {', '.join(CHUNK_LOSSES)}, got {cfg.chunk_losses!r}")
+    if cfg.raw_noise_std < 0:
+        problems.append(f"--raw-noise-std must be >= 0, got {cfg.raw_noise_std}")
+    if not cfg.sdf and cfg.sphere_init not in ("auto", "skip"):
+        problems.append("--sphere-init FILE initialises an SDF; it does not apply with --no-sdf")
     if cfg.impl not in ("auto", "kernel", "reference"):
         problems.append(f"--impl must be auto, kernel or reference, got {cfg.impl!r}")
     if not 0 <= cfg.mixing <= 1 or not 0 <= cfg.ema_decay < 1 or not 0 < cfg.preview_truncation <= 1:

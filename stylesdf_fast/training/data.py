@@ -1,4 +1,5 @@
-"""Real images for training: a resumable, rank-sharded stream of batches from an official-format LMDB.
+"""Real images for training: each stage's dataset (the built-in synthetic one, an LMDB, or an image
+folder converted once into the cache), and a resumable, rank-sharded stream of batches from it.
 
 Order: epoch e shuffles all indices with a generator seeded by (seed, e), drops the tail that does
 not fill a whole batch on every rank, and gives rank r every world_size-th batch-sized slice. Flips
@@ -8,14 +9,61 @@ with exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import MultiResolutionDataset
+from ..data import MultiResolutionDataset, ensure_synthetic_dataset, resolve_dataset
+from ..data.synthetic import SyntheticConfig
+from .config import TrainConfig
+from .runtime import DistInfo
 
-__all__ = ["RealImageStream"]
+__all__ = ["RealImageStream", "stage_resolution", "prepare_datasets", "training_dataset_path", "stage_stream"]
+
+STAGE1_DATA_MAX = 256      # stage 1 thumbnails come from records of min(size, 256) px (official --size 256)
+
+
+def stage_resolution(cfg: TrainConfig, stage: int) -> int:
+    return cfg.size if stage == 2 else min(cfg.size, STAGE1_DATA_MAX)
+
+
+def prepare_datasets(cfg: TrainConfig, info: DistInfo, stages: List[int]) -> Dict[int, MultiResolutionDataset]:
+    """The dataset of every stage, checked before any training (the built-in synthetic one when
+    cfg.dataset is None; an image folder converted once into the cache). Rank 0 builds, then all read."""
+    sizes = sorted({stage_resolution(cfg, s) for s in stages})
+    if info.is_main:
+        path = _dataset_path(cfg, sizes)
+    if info.distributed:
+        dist.barrier()
+    if not info.is_main:
+        path = _dataset_path(cfg, sizes, progress=False)
+    return {s: MultiResolutionDataset(path, resolution=stage_resolution(cfg, s), nerf_resolution=cfg.renderer_size)
+            for s in stages}
+
+
+def training_dataset_path(cfg: TrainConfig, progress: bool = True) -> Path:
+    """The LMDB a run with this config trains on (built or converted into the cache if needed)."""
+    return _dataset_path(cfg, sorted({stage_resolution(cfg, s) for s in (1, 2)}), progress=progress)
+
+
+def _dataset_path(cfg: TrainConfig, sizes, progress: bool = True) -> Path:
+    if cfg.dataset is None:
+        largest = max(128, max(sizes))
+        synthetic = SyntheticConfig(num_images=cfg.synthetic_images, sizes=tuple(sorted({64, 128, largest, *sizes})))
+        return ensure_synthetic_dataset(config=synthetic, progress=progress)
+    return resolve_dataset(cfg.dataset, sizes=tuple(sorted({64, *sizes})), progress=progress)
+
+
+def stage_stream(cfg: TrainConfig, dataset: MultiResolutionDataset, stage: int, info: DistInfo,
+                 position: Optional[Dict[str, int]] = None) -> "RealImageStream":
+    """The real-image stream of a stage: thumbnails for stage 1, full images for stage 2."""
+    batch = cfg.batch2 if stage == 2 else cfg.batch1
+    return RealImageStream(dataset, batch, rank=info.rank, world_size=info.world_size, seed=cfg.seed + 1000 * stage,
+                           workers=cfg.workers, hflip=cfg.hflip, want="image" if stage == 2 else "thumbnail",
+                           position=position)
 
 
 class _FlipByHash(Dataset):

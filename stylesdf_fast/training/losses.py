@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import autograd
 
-__all__ = ["d_logistic_loss", "d_r1_loss", "g_nonsaturating_loss", "viewpoints_loss", "eikonal_loss",
+PATH_LENGTH_DECAY = 0.01   # the running path-length mean moves 1% toward each new batch mean
+
+__all__ = ["PATH_LENGTH_DECAY", "d_logistic_loss", "d_r1_loss", "g_nonsaturating_loss", "viewpoints_loss", "eikonal_loss",
            "min_surface_loss", "g_path_regularize", "sphere_init_loss"]
 
 
@@ -54,7 +56,7 @@ def sphere_init_loss(sdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def g_path_regularize(fake_img: torch.Tensor, latents: torch.Tensor, mean_path_length: torch.Tensor,
-                      decay: float = 0.01) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      decay: float = PATH_LENGTH_DECAY) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """StyleGAN2 path-length penalty.
 
     fake_img [B, 3, H, W], latents [B, L, D] (W+, in the graph) -> (penalty = mean (|J^T y| - a)^2,

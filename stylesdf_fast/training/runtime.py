@@ -1,5 +1,5 @@
 """Process-level plumbing of a training run: devices and torch.distributed (torchrun), gradient
-averaging across ranks, RNG states, atomic checkpoints, and the stop signal (Ctrl-C / SIGTERM).
+averaging across ranks, RNG states, and the stop signal (Ctrl-C / SIGTERM).
 
 Multi-process training follows DistributedDataParallel's contract: every rank starts from rank 0's
 parameters (broadcast), computes gradients on its own shard, and the gradients are averaged across
@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "barrier", "average_gradients", "broadcast_parameters", "replica_checksum",
-           "rng_state", "set_rng_state", "save_atomic", "StopSignal"]
+           "rng_state", "set_rng_state", "StopSignal"]
 
 
 @dataclass(frozen=True)
@@ -136,24 +135,6 @@ def set_rng_state(state: Dict[str, object]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def save_atomic(obj, path: os.PathLike) -> Path:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it: a crash never
-    leaves a truncated checkpoint under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return path
 
 
 class StopSignal:

@@ -1,0 +1,84 @@
+"""Atomic file writes, the one rule every writer of the package follows.
+
+A file either appears complete under its final name or not at all: it is written to a hidden
+temporary file in the destination folder (same file system, so the final os.replace is atomic),
+flushed to disk (fsync), renamed, and the folder's entry flushed too. Any error, KeyboardInterrupt
+and a full disk included, removes the temporary file and leaves an older file of that name as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["atomic_path", "save_torch", "write_json", "write_text", "fsync_path"]
+
+
+def _default_file_mode() -> int:
+    """rw for everyone minus the umask, what open() would give (mkstemp makes 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fsync_path(path: PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to disk; folders that cannot be opened are skipped."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass   # some file systems refuse fsync on folders
+    finally:
+        os.close(handle)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same suffix, so tools that pick a format from the
+    extension still work); once the body has written it, flush it, move it onto `path` and flush the
+    folder; on any exception delete it. The destination folder is created when missing."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}",
+                                         dir=target.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        fsync_path(temporary)
+        os.chmod(temporary, _default_file_mode())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    fsync_path(target.parent)
+
+
+def save_torch(obj: Any, path: PathLike) -> Path:
+    """torch.save, atomically."""
+    import torch
+
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
+
+
+def write_json(path: PathLike, payload: Any, *, indent: int = 2) -> Path:
+    """JSON (sorted keys, a final newline), atomically."""
+    return write_text(path, json.dumps(payload, indent=indent, sort_keys=True) + "\n")
