@@ -509,15 +509,17 @@ def report_peak_memory_method(device) -> Optional[Dict[str, object]]:
     return check
 
 
-def prefer_installed_package(repo_root) -> None:
-    """Import stylesdf_fast as installed (`pip install .`); fall back to the repository's source tree
-    (an in-place build) only when no installed package exists. Putting the tree first would shadow
-    the installed package with sources that have no compiled extension."""
-    import importlib.util
+def use_this_checkout(repo_root) -> None:
+    """Import stylesdf_fast from the repository this benchmark belongs to (its Python code as it is
+    now); its kernels come from its own in-place build or, when it has none, from the installed
+    package if that was built from the same csrc/ (otherwise impl="kernel" raises and says why)."""
     import sys
 
-    if importlib.util.find_spec("stylesdf_fast") is None and str(repo_root) not in sys.path:
+    if str(repo_root) not in sys.path:
         sys.path.insert(0, str(repo_root))
+
+
+prefer_installed_package = use_this_checkout   # the former name
 
 
 def allocator_note(env: Dict[str, object]) -> str:

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 import _common  # noqa: E402
 
-_common.prefer_installed_package(Path(__file__).resolve().parent.parent)
+_common.use_this_checkout(Path(__file__).resolve().parent.parent)
 
 SYNTHETIC_TARGET_SECONDS = 120.0   # for 2,000 images at 64 + 128 px
 

@@ -73,7 +73,7 @@ import torch  # noqa: E402
 
 import _common  # noqa: E402
 
-_common.prefer_installed_package(ROOT)
+_common.use_this_checkout(ROOT)
 from stylesdf_fast.ops import blur2d, downsample2d, film_siren, fused_leaky_relu, make_kernel, upsample2d  # noqa: E402
 
 PASSES = ("forward", "forward_backward", "double_backward")

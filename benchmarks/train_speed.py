@@ -11,10 +11,8 @@ Rows (one iteration = every phase due at that iteration, gradients, optimiser st
   stage2            D step and G step (non-saturating) at the decoder resolution, batch2 images
   stage2_lazy_reg   an iteration that also runs lazy R1 (every 16) and path-length regularisation
                     (every 4)
-Variants: "kernel" (our ops: the fused FiLM-SIREN layers, the fused quadrature, the StyleGAN2 ops),
-"reference" (the eager PyTorch ops), and for stage 1 also "kernel_folded" (our ops, but each FiLM
-modulation folded into a batched GEMM followed by an eager sin: the layer path before the fused
-FiLM-SIREN op). speedup and mem ratio are against the reference row of the same case.
+Variants: "kernel" (our ops: the fused FiLM-SIREN layers, the fused quadrature, the StyleGAN2 ops) and
+"reference" (the eager PyTorch ops). speedup and mem ratio are against the reference row of the same case.
 Timing: the variants of a case are built and warmed up together, then timed in interleaved rounds
 (one iteration of each per round, rotating order), so that load changes on a shared machine fall on
 every row alike; the median over rounds is reported, with every time in the JSON.
@@ -39,7 +37,7 @@ import torch  # noqa: E402
 
 import _common  # noqa: E402
 
-_common.prefer_installed_package(Path(__file__).resolve().parent.parent)
+_common.use_this_checkout(Path(__file__).resolve().parent.parent)
 
 SHAPES = {
     "small": dict(preset="small", batch1=4, chunk1=4, batch2=4, chunk2=4),
@@ -48,10 +46,7 @@ SHAPES = {
                   d1_channel_max=32, batch1=2, chunk1=2, batch2=2, chunk2=2),
 }
 CASES = {"stage1": (1, 1), "stage2": (2, 1), "stage2_lazy_reg": (2, 0)}   # (stage, iteration index)
-# (row name, impl, FiLM-SIREN layer mode or None for the impl's own)
-VARIANTS = {"stage1": [("kernel", "kernel", None), ("kernel_folded", "kernel", "folded"),
-                       ("reference", "reference", None)]}
-DEFAULT_VARIANTS = [("kernel", "kernel", None), ("reference", "reference", None)]
+VARIANTS = ("kernel", "reference")   # the impl of every module
 STAGE1_TARGETS = {"speedup": 1.3, "mem_ratio": 2.0}
 
 
@@ -65,7 +60,7 @@ class _FixedReals:
         return self.batch
 
 
-def _state(stage: int, shapes: dict, impl: str, film_mode, device: torch.device):
+def _state(stage: int, shapes: dict, impl: str, device: torch.device):
     from stylesdf_fast.training.config import preset_config
     from stylesdf_fast.training.runtime import DistInfo
     from stylesdf_fast.training.stages import build_stage
@@ -73,9 +68,6 @@ def _state(stage: int, shapes: dict, impl: str, film_mode, device: torch.device)
     values = dict(shapes)
     cfg = preset_config(values.pop("preset"), impl=impl, **values)
     state = build_stage(stage, cfg, DistInfo(device=device))
-    if film_mode is not None:
-        for generator in (state.g, state.g_ema):
-            generator.renderer.set_film_mode(film_mode)
     res = cfg.size if stage == 2 else cfg.renderer_size
     batch = cfg.batch2 if stage == 2 else cfg.batch1
     reals = torch.rand(batch, 3, res, res, device=device) * 2 - 1
@@ -87,17 +79,16 @@ def prepare_variant(case: str, shapes: dict, variant, device: torch.device):
     (step, row without times)."""
     from stylesdf_fast.training.loop import train_iteration
 
-    name, impl, film_mode = variant
     stage, iteration = CASES[case]
     torch.manual_seed(0)
-    state, stream, batch = _state(stage, shapes, impl, film_mode, device)
+    state, stream, batch = _state(stage, shapes, variant, device)
 
     def step():
         train_iteration(state, iteration, stream)
 
     step()   # warm-up (lazy initialisation, allocator, oneDNN/cuDNN choices)
     peak = _common.peak_memory(step, device=device)
-    return step, {"case": case, "impl": name, "batch": batch, "peak_bytes": peak, "peak_mib": peak / _common.MIB}
+    return step, {"case": case, "impl": variant, "batch": batch, "peak_bytes": peak, "peak_mib": peak / _common.MIB}
 
 
 def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: int, max_seconds: float):
@@ -107,12 +98,12 @@ def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: i
     rows, steps = [], {}
     for variant in variants:
         try:
-            steps[variant[0]], row = prepare_variant(case, shapes, variant, device)
+            steps[variant], row = prepare_variant(case, shapes, variant, device)
         except Exception as error:  # noqa: BLE001  (a row that cannot run is reported, and fails the run)
-            row = {"case": case, "impl": variant[0], "error": f"{type(error).__name__}: {error}"}
+            row = {"case": case, "impl": variant, "error": f"{type(error).__name__}: {error}"}
         rows.append(row)
         status = row.get("error") or f"peak {row['peak_mib']:.0f} MiB"
-        print(f"  {case:<16} {variant[0]:<14} prepared: {status}", flush=True)
+        print(f"  {case:<16} {variant:<14} prepared: {status}", flush=True)
     if steps:
         timings = _common.time_interleaved(steps, device=device, repeats=repeats,
                                            max_seconds=max_seconds * len(steps), min_repeats=2)
@@ -161,7 +152,7 @@ def main(argv=None) -> int:
         if case not in CASES:
             print(f"unknown case {case!r}; choose from {', '.join(CASES)}", file=sys.stderr)
             return 2
-        rows += run_case(case, SHAPES[shape_name], VARIANTS.get(case, DEFAULT_VARIANTS), device, repeats,
+        rows += run_case(case, SHAPES[shape_name], VARIANTS, device, repeats,
                          args.max_seconds)
         write_results(args, shape_name, device, rows, [])   # after every case: a run cut short keeps its rows
     references = {row["case"]: row for row in rows if row["impl"] == "reference"}

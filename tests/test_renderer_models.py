@@ -488,8 +488,7 @@ def test_kernel_and_reference_renders_agree():
 
 
 @requires_kernels
-@pytest.mark.parametrize("film_mode", ["fused", "folded"])
-def test_stage1_losses_and_every_gradient_agree_between_kernel_and_reference(film_mode):
+def test_stage1_losses_and_every_gradient_agree_between_kernel_and_reference():
     """The stage-1 generator objective (a stand-in adversarial term on the thumbnail + 0.1 eikonal +
     0.05 minimal surface, through the eikonal double backward) and every parameter gradient are the
     same with impl="kernel" (fused FiLM-SIREN layers and quadrature) and impl="reference" (eager)."""
@@ -499,9 +498,8 @@ def test_stage1_losses_and_every_gradient_agree_between_kernel_and_reference(fil
     models = {impl: Generator(full_pipeline=False, style_dim=32, renderer_spatial_output_dim=8, depth=3, width=32,
                               n_samples=6, perturb=0.0, impl=impl).double() for impl in ("kernel", "reference")}
     models["reference"].load_state_dict(models["kernel"].state_dict())
-    models["kernel"].renderer.set_film_mode(film_mode)
-    assert models["kernel"].renderer.network.pts_linears[1].film_mode == film_mode
-    assert models["reference"].renderer.network.pts_linears[1].film_mode == "eager"
+    assert models["kernel"].renderer.network.pts_linears[1].impl == "kernel"
+    assert models["reference"].renderer.network.pts_linears[1].impl == "reference"
     c2w, focal, near, far = cameras(2, 8)
     z = torch.randn(2, 32, dtype=torch.float64)
     results = {}
@@ -544,7 +542,7 @@ def test_fused_layers_do_not_keep_their_outputs_for_the_next_gemm():
 def test_layer_outputs_are_recomputed_only_for_the_weight_gradients(monkeypatch):
     """The eikonal pass (autograd.grad to the sample points, inside the forward) computes no weight
     gradient, so it must not recompute the fused layers' outputs; the final backward must."""
-    import stylesdf_fast.models.renderer as renderer_module
+    import stylesdf_fast.models.recompute as renderer_module
 
     recomputed = []   # the phase ("forward" or "backward") of every film_siren call made by the engine
     phase = ["forward"]
@@ -567,12 +565,40 @@ def test_layer_outputs_are_recomputed_only_for_the_weight_gradients(monkeypatch)
 
 def test_impl_switch_reconfigures_the_film_layers():
     renderer = tiny_renderer(impl="reference")
-    assert all(layer.film_mode == "eager" for layer in renderer.network.modules() if isinstance(layer, FiLMSiren))
-    renderer.impl = "auto"
     layers = [layer for layer in renderer.network.modules() if isinstance(layer, FiLMSiren)]
-    assert all(layer.film_mode == "fused" and layer.impl == "auto" for layer in layers)
-    with pytest.raises(ValueError, match="film_mode|mode must be one of"):
-        renderer.set_film_mode("magic")
+    assert all(layer.impl == "reference" for layer in layers)
+    renderer.impl = "auto"
+    assert all(layer.impl == "auto" for layer in layers)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        renderer.impl = "magic"
+
+
+@requires_kernels
+def test_set_impl_on_a_siren_subtree_switches_what_its_layers_run(monkeypatch):
+    """set_impl on part of the network (one layer, or the SIREN alone) must switch the whole formula of
+    those layers: "reference" runs the official op-by-op formula, never the fused path with the
+    reference op (a layer used to keep a fused mode of its own that set_impl did not touch)."""
+    import stylesdf_fast.models.siren as siren_module
+    from stylesdf_fast.models.impl import set_impl
+
+    renderer = tiny_renderer(impl="kernel")
+    fused_calls = []
+    original = siren_module.film_siren
+    monkeypatch.setattr(siren_module, "film_siren", lambda *a, **k: fused_calls.append(k.get("impl")) or original(*a, **k))
+    set_impl(renderer.network.pts_linears[1], "reference")
+    set_impl(renderer.network.views_linears, "reference")
+    c2w, focal, near, far = cameras(2, 4)
+    styles = torch.randn(2, 8, dtype=torch.float64)
+    with torch.no_grad():
+        out = renderer(c2w, focal, near, far, styles)
+    layers = len(renderer.network.pts_linears) + 1
+    assert fused_calls == ["kernel"] * (layers - 2)   # the two switched layers ran the official formula
+    set_impl(renderer.network, "reference")
+    fused_calls.clear()
+    with torch.no_grad():
+        reference = renderer(c2w, focal, near, far, styles)
+    assert fused_calls == []
+    torch.testing.assert_close(out.rgb, reference.rgb, rtol=1e-9, atol=1e-11)
 
 
 # --- bad input ------------------------------------------------------------------------------------

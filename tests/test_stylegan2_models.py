@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from stylesdf_fast import reference
 from stylesdf_fast.models.decoder import Decoder
 from stylesdf_fast.models.discriminators import Discriminator, VolumeRenderDiscriminator
+from stylesdf_fast.models.impl import set_impl
 from stylesdf_fast.models.stylegan2 import (
     ModulatedConv2d,
     PixelNorm,
     StyledConv,
     ToRGB,
     minibatch_stddev,
-    set_impl,
     stddev_group_size,
 )
 from stylesdf_fast.ops import make_kernel

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from ..models.cameras import AZIM_RANGE, ELEV_RANGE, generate_camera_params
-from ..models.renderer import camera_rays, pixel_grid
+from ..models.rays import camera_rays, pixel_grid
 from .lmdb_format import LmdbWriter, encode_png, is_lmdb_dir, parse_sizes
 
 __all__ = [

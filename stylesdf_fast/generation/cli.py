@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .._extension import status as extension_status
+from .._extension import IMPLS, status as extension_status
 
 __all__ = ["new_parser", "start", "output_folder", "add_common_arguments", "check_common_arguments",
            "prepare_outdir", "pick_device", "fail", "load_or_fail"]
@@ -51,7 +51,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, truncation: float, 
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4,
                         help="images per generator call")
-    parser.add_argument("--impl", default="auto", choices=("auto", "kernel", "reference"),
+    parser.add_argument("--impl", default="auto", choices=IMPLS,
                         help="our kernels (kernel), the pure-PyTorch ops (reference), or kernels when built (auto)")
 
 

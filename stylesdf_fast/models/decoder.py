@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .impl import set_impl
 from .stylegan2 import (
     BLUR_KERNEL,
     EqualLinear,
@@ -20,7 +21,6 @@ from .stylegan2 import (
     StyledConv,
     ToRGB,
     log2_size,
-    set_impl,
     stylegan2_channels,
 )
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..ops.fused_leaky_relu import FusedLeakyReLU
+from .impl import set_impl
 from .stylegan2 import (
     BLUR_KERNEL,
     ConvLayer,
@@ -24,7 +25,6 @@ from .stylegan2 import (
     ResBlock,
     log2_size,
     minibatch_stddev,
-    set_impl,
     stylegan2_channels,
     stddev_group_size,
 )

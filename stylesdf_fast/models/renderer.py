@@ -1,33 +1,29 @@
-"""StyleSDF's volume renderer: the renderer mapping network and the FiLM-SIREN SDF renderer.
+"""StyleSDF's volume renderer `VolumeFeatureRenderer`: rays and samples of a camera, the FiLM-SIREN
+network on the samples, and the quadrature into an image, its features, and the SDF outputs.
 
-    z [B, 256] --style (3 x MappingLinear)--> w_r [B, 256]
-    w_r, camera --renderer (VolumeFeatureRenderer)--> rgb [B, 3, 64, 64] in [-1, 1],
-                                                      features [B, 256, 64, 64], sdf, mask, xyz, eikonal
+    w_r, camera --renderer--> rgb [B, 3, 64, 64] in [-1, 1], features [B, 256, 64, 64], sdf, mask, xyz, eikonal
 
-Class and attribute names reproduce the official keys: a module with `style = make_renderer_mapping()`
-and `renderer = VolumeFeatureRenderer()` has exactly the 65 keys of an official stage-1 checkpoint's
-`g_ema` (STYLESDF.md 2.2); the ray grid and the sample positions are non-persistent buffers.
-
+Attribute names reproduce the official keys: a module with `style = make_renderer_mapping()` and
+`renderer = VolumeFeatureRenderer()` has exactly the 65 keys of an official stage-1 checkpoint's
+`g_ema` (docs/official.md section 2); the ray grid and the sample positions are non-persistent buffers.
 The per-ray quadrature (SDF -> density -> alpha -> weights -> colour and feature sums) is the fused
-op `ops.sdf_volume_render_raw`, and each FiLM-SIREN layer's modulation + sine the fused op
-`ops.film_siren` after the layer's GEMM (impl="reference": the official formulas op by op); this
-module generates rays and samples, runs the SIREN on the samples, and derives xyz, mask and the
-eikonal term. Legend: B batch, H/W image height/width
-(H = W = out_im_res), S samples per ray, C feature channels.
+op `ops.sdf_volume_render_raw`; the network (siren.py) and the rays (rays.py) live beside it.
+Legend: B batch, H/W image height/width (H = W = out_im_res), S samples per ray, C feature channels.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import _extension
-from ..ops.film_siren import film_siren
-from ..ops.fused_leaky_relu import fused_leaky_relu
 from ..ops.sdf_volume_render import density_volume_render, sdf_volume_render_raw
+from .impl import check_impl, set_impl
+from .mapping import MappingLinear, RendererMapping, make_renderer_mapping
+from .rays import camera_rays, make_t_vals, pixel_grid, sample_depths
+from .recompute import linear_recomputing_input
+from .siren import FiLMSiren, LinearLayer, SirenGenerator
 
 __all__ = [
     "MappingLinear",
@@ -46,343 +42,9 @@ __all__ = [
     "sample_depths",
 ]
 
-LEAKY_SLOPE = 0.2  # negative slope of every leaky ReLU and of the Kaiming inits
-SIGMOID_BETA_INIT = 0.1  # initial SDF-to-density temperature (STYLESDF.md 1.5)
-FILM_GAMMA_SCALE, FILM_GAMMA_OFFSET = 15.0, 30.0  # gamma = 15 (A w + a) + 30
-FILM_BETA_SCALE = 0.25  # beta = 0.25 (B w + b)
-SIREN_FREQ_DIVISOR = 25.0  # non-first SIREN weights U(+-sqrt(6/in)/25)
-FILM_MODES = ("eager", "fused", "folded")  # FiLMSiren.film_mode
-FAST_FILM_MODE = "fused"  # the mode of impl "auto" / "kernel" (benchmarks/train_speed.py compares them)
+SIGMOID_BETA_INIT = 0.1  # initial SDF-to-density temperature (docs/official.md section 1.5)
 Number = Union[float, int, torch.Tensor]
 
-
-# --- init helpers ---------------------------------------------------------------------------------
-
-def _uniform(shape, bound: float) -> torch.Tensor:
-    return torch.empty(shape).uniform_(-bound, bound)
-
-
-def _kaiming_leaky(out_dim: int, in_dim: int) -> torch.Tensor:
-    """N(0, gain^2 / in) with the leaky-ReLU gain sqrt(2 / (1 + 0.2^2)), shape [out, in]."""
-    return nn.init.kaiming_normal_(torch.empty(out_dim, in_dim), a=LEAKY_SLOPE, mode="fan_in",
-                                   nonlinearity="leaky_relu")
-
-
-def _bias_init(out_dim: int, in_dim: int) -> torch.Tensor:
-    return _uniform((out_dim,), 1 / math.sqrt(in_dim))
-
-
-def _check_impl(name: str, impl: str) -> str:
-    if impl not in _extension.IMPLS:
-        raise ValueError(f"{name}: impl must be one of {_extension.IMPLS}, got {impl!r}")
-    return impl
-
-
-# --- renderer mapping network (STYLESDF.md 1.2) ---------------------------------------------------
-
-class MappingLinear(nn.Module):
-    """y = leaky_relu(x W^T + b, 0.2) with gain 1 (or x W^T + b when activate=False).
-
-    Plain parameters, no equalised learning rate: W ~ Kaiming-normal (a=0.2, fan_in), b ~ U(+-1/sqrt(in)).
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, activate: bool = True, *, impl: str = "auto"):
-        super().__init__()
-        self.weight = nn.Parameter(_kaiming_leaky(out_dim, in_dim))  # [out, in]
-        self.bias = nn.Parameter(_bias_init(out_dim, in_dim))  # [out]
-        self.activate = activate
-        self.impl = _check_impl("MappingLinear", impl)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # [N, in] -> [N, out]
-        if not self.activate:
-            return F.linear(input, self.weight, self.bias)
-        return fused_leaky_relu(F.linear(input, self.weight), self.bias, LEAKY_SLOPE, scale=1.0, impl=self.impl)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, activate={self.activate}"
-
-
-class RendererMapping(nn.Sequential):
-    """z [N, style_dim] -> w_r [N, style_dim]: n_layers MappingLinear, every one activated (the last
-    too), no PixelNorm. An nn.Sequential so its keys are `0.weight`, `0.bias`, ... as the official."""
-
-    def __init__(self, style_dim: int = 256, n_layers: int = 3, *, impl: str = "auto"):
-        if style_dim < 1 or n_layers < 1:
-            raise ValueError(f"RendererMapping: style_dim and n_layers must be >= 1, got {style_dim}, {n_layers}")
-        super().__init__(*[MappingLinear(style_dim, style_dim, impl=impl) for _ in range(n_layers)])
-
-
-def make_renderer_mapping(style_dim: int = 256, n_layers: int = 3, *, impl: str = "auto") -> RendererMapping:
-    """The renderer mapping network `Generator.style` of the official code."""
-    return RendererMapping(style_dim, n_layers, impl=impl)
-
-
-# --- recomputing a fused layer's output instead of keeping it ------------------------------------------
-
-_RECIPE = "_film_siren_recipe"   # attribute of a fused FiLM-SIREN output: (x_lin, gamma, beta, impl)
-
-
-class _Recompute(NamedTuple):
-    recipe: tuple
-    shape: torch.Size
-
-
-def _gemm_weight_gradient_wanted() -> bool:
-    """Inside the backward of F.linear (AddmmBackward0 / MmBackward0, weight last among its inputs):
-    whether this backward pass computes the weight's gradient, the only use of the saved input.
-    True when it cannot tell (private autograd API missing or outside a backward)."""
-    try:
-        node = torch._C._current_autograd_node()
-        weight_path = node.next_functions[-1][0] if node is not None else None
-        return weight_path is None or bool(torch._C._will_engine_execute_node(weight_path))
-    except (AttributeError, RuntimeError, IndexError):
-        return True
-
-
-def linear_recomputing_input(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """F.linear(input, weight, bias); when input is a fused FiLM-SIREN output (it carries its recipe),
-    the GEMM's saved copy of input is replaced by that recipe and recomputed in the backward: the op
-    keeps x_lin for its own backward anyway, so the layer output need not be kept as well (one
-    [points, width] tensor less per layer, for the weight gradient only)."""
-    recipe = getattr(input, _RECIPE, None)
-    if recipe is None or not torch.is_grad_enabled():
-        return F.linear(input, weight, bias)
-    # plain values only: the hooks may outlive this call, and a reference to input would keep it alive
-    pointer, numel, dtype = input.data_ptr(), input.numel(), input.dtype
-
-    def pack(tensor: torch.Tensor):
-        if tensor.data_ptr() == pointer and tensor.numel() == numel and tensor.dtype == dtype:
-            return _Recompute(recipe, tensor.shape)
-        return tensor
-
-    def unpack(packed):
-        if not isinstance(packed, _Recompute):
-            return packed
-        x_lin, gamma, beta, impl = packed.recipe
-        if not _gemm_weight_gradient_wanted():
-            # a pass that skips the weight gradient (the eikonal autograd.grad to the sample points)
-            # still unpacks every saved tensor: hand it a free stand-in, it is never read
-            return x_lin.new_zeros(()).expand(packed.shape)
-        return film_siren(x_lin, gamma, beta, impl=impl).reshape(packed.shape)
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return F.linear(input, weight, bias)
-
-
-# --- SIREN building blocks (STYLESDF.md 1.4) ------------------------------------------------------
-
-class LinearLayer(nn.Module):
-    """y = std_init (x W^T + b) + bias_init, the official SIREN "LinearLayer".
-
-    Weight init: is_first U(+-1/in); freq_init U(+-sqrt(6/in)/25); otherwise 0.25 x Kaiming-normal
-    (a=0.2, fan_in). Bias U(+-1/sqrt(in)) in every case.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, std_init: float = 1.0,
-                 freq_init: bool = False, is_first: bool = False):
-        super().__init__()
-        if is_first:
-            weight = _uniform((out_dim, in_dim), 1 / in_dim)
-        elif freq_init:
-            weight = _uniform((out_dim, in_dim), math.sqrt(6 / in_dim) / SIREN_FREQ_DIVISOR)
-        else:
-            weight = 0.25 * _kaiming_leaky(out_dim, in_dim)
-        self.weight = nn.Parameter(weight)  # [out, in]
-        self.bias = nn.Parameter(_bias_init(out_dim, in_dim))  # [out]
-        self.bias_init = bias_init
-        self.std_init = std_init
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        out = linear_recomputing_input(input, self.weight, self.bias)
-        if self.std_init != 1:
-            out = self.std_init * out
-        if self.bias_init != 0:
-            out = out + self.bias_init
-        return out
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, std_init={self.std_init}, bias_init={self.bias_init}"
-
-
-class FiLMSiren(nn.Module):
-    """y = sin(gamma(w) * (x W^T + b) + beta(w)), gamma = 15 (A w + a) + 30, beta = 0.25 (B w + b).
-
-    gamma and beta are per output channel and per batch item, broadcast over every other dim of x.
-    Weight init: is_first U(-1/3, 1/3) (in = 3), otherwise U(+-sqrt(6/in)/25); bias U(+-1/sqrt(in)).
-    """
-
-    def __init__(self, in_channel: int, out_channel: int, style_dim: int, is_first: bool = False):
-        super().__init__()
-        self.in_channel = in_channel
-        self.out_channel = out_channel
-        bound = 1 / 3 if is_first else math.sqrt(6 / in_channel) / SIREN_FREQ_DIVISOR
-        self.weight = nn.Parameter(_uniform((out_channel, in_channel), bound))  # [out, in]
-        self.bias = nn.Parameter(_bias_init(out_channel, in_channel))  # [out]
-        self.gamma = LinearLayer(style_dim, out_channel, bias_init=FILM_GAMMA_OFFSET, std_init=FILM_GAMMA_SCALE)
-        self.beta = LinearLayer(style_dim, out_channel, bias_init=0.0, std_init=FILM_BETA_SCALE)
-
-    #: how FiLM + sine is computed (set by the renderer from its impl, FILM_MODES): "eager" the official
-    #: formula op by op (the oracle), "fused" the GEMM then the fused film_siren op, "folded" the
-    #: FiLM scale and shift folded into a batched GEMM, then sin
-    film_mode: str = "eager"
-    #: impl of the fused op ("auto", "kernel" or "reference")
-    impl: str = "auto"
-
-    def forward(self, input: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        # input [B, ..., in], style [B, style_dim] -> [B, ..., out]
-        per_item = input.dim() >= 2 and input.shape[0] == style.shape[0]
-        if self.film_mode == "fused" and per_item:
-            x_lin = linear_recomputing_input(input, self.weight, self.bias)  # [B, ..., out]: all the op keeps
-            gamma, beta = self.gamma(style), self.beta(style)
-            out = film_siren(x_lin, gamma, beta, impl=self.impl)
-            if out.requires_grad:   # only then did the op keep x_lin (else the recipe would keep it alive)
-                setattr(out, _RECIPE, (x_lin, gamma, beta, self.impl))   # the next GEMM recomputes, not keeps, out
-            return out
-        if self.film_mode == "folded" and per_item:
-            return self._folded_forward(input, style)
-        out = F.linear(input, self.weight, self.bias)
-        # The official views gamma as [B, 1, 1, 1, style_dim]: right only for 5-d input and
-        # out == style_dim; viewing by out_channel and input rank is the same there.
-        shape = (style.shape[0],) + (1,) * (input.dim() - 2) + (self.out_channel,)
-        gamma = self.gamma(style).view(shape)
-        beta = self.beta(style).view(shape)
-        return torch.sin(gamma * out + beta)
-
-    def _folded_forward(self, input: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """sin((gamma W) x + (gamma b + beta)): the same function as the official
-        sin(gamma (W x + b) + beta) with the per-item scale folded into one batched GEMM + bias, so
-        no elementwise [B, ..., out] temporaries are written or kept for the (double) backward."""
-        gamma = self.gamma(style)  # [B, out]
-        beta = self.beta(style)  # [B, out]
-        weight = gamma.unsqueeze(-1) * self.weight  # [B, out, in]
-        bias = (gamma * self.bias + beta).unsqueeze(1)  # [B, 1, out]
-        flat = input.reshape(input.shape[0], -1, self.in_channel)  # [B, N, in]
-        out = torch.baddbmm(bias, flat, weight.transpose(1, 2))  # [B, N, out]
-        return torch.sin(out).reshape(*input.shape[:-1], self.out_channel)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channel}, {self.out_channel}, film_mode={self.film_mode!r}"
-
-
-class SirenGenerator(nn.Module):
-    """The SDF/colour/feature MLP: per sample [rgb logits (3), sdf (1), features (W)].
-
-    pts_linears: depth FiLMSiren layers (3 -> W, then W -> W); sigma_linear (W -> 1) on the trunk
-    output is the SDF; views_linears (W + 3 -> W) on [trunk, view direction] is the feature vector;
-    rgb_linear (W -> 3) on it gives the colour logits. output_features=False drops the features from
-    the output (the parameters are the same).
-    """
-
-    def __init__(self, depth: int = 8, width: int = 256, style_dim: int = 256, input_ch: int = 3,
-                 input_ch_views: int = 3, output_features: bool = True):
-        super().__init__()
-        self.depth = depth
-        self.width = width
-        self.style_dim = style_dim
-        self.input_ch = input_ch
-        self.input_ch_views = input_ch_views
-        self.output_features = output_features
-        self.pts_linears = nn.ModuleList(
-            [FiLMSiren(input_ch, width, style_dim, is_first=True)]
-            + [FiLMSiren(width, width, style_dim) for _ in range(depth - 1)]
-        )
-        self.views_linears = FiLMSiren(width + input_ch_views, width, style_dim)
-        self.rgb_linear = LinearLayer(width, 3, freq_init=True)
-        self.sigma_linear = LinearLayer(width, 1, freq_init=True)
-
-    @property
-    def out_channels(self) -> int:
-        return 4 + (self.width if self.output_features else 0)
-
-    def trunk(self, points: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-        # points [B, ..., 3], styles [B, style_dim] -> [B, ..., W]
-        out = points
-        for layer in self.pts_linears:
-            out = layer(out, styles)
-        return out
-
-    def sdf(self, points: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-        """Only the SDF [B, ..., 1] (skips the colour branch; for the sphere init and surface queries)."""
-        return self.sigma_linear(self.trunk(points, styles))
-
-    def forward_raw_and_sdf(self, points: torch.Tensor, viewdirs: torch.Tensor,
-                            styles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(raw [B, ..., 4 + C], sdf [B, ..., 1]); sdf is the tensor before packing, so a gradient of
-        it (the eikonal term) does not run zeros back through the colour branch."""
-        trunk = self.trunk(points, styles)  # [B, ..., W]
-        sdf = self.sigma_linear(trunk)  # [B, ..., 1]
-        views = viewdirs.expand(*trunk.shape[:-1], viewdirs.shape[-1])  # per-ray directions to every sample
-        features = self.views_linears(torch.cat([trunk, views], -1), styles)  # [B, ..., W]
-        rgb = self.rgb_linear(features)  # [B, ..., 3]
-        parts = [rgb, sdf, features] if self.output_features else [rgb, sdf]
-        return torch.cat(parts, -1), sdf
-
-    def forward(self, points: torch.Tensor, viewdirs: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-        """points [B, ..., 3] (normalised), viewdirs broadcastable to [B, ..., 3] (unit),
-        styles [B, style_dim] -> raw [B, ..., 4 + C] = [rgb logits, sdf, features]."""
-        return self.forward_raw_and_sdf(points, viewdirs, styles)[0]
-
-
-# --- rays and samples (STYLESDF.md 1.6) -----------------------------------------------------------
-
-def pixel_grid(resolution: int, *, dtype: torch.dtype = torch.float32,
-               device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pixel centres (i, j), each [1, H, W] with values 0.5 .. res - 0.5: i the column (x), j the row (y)."""
-    coords = torch.linspace(0.5, resolution - 0.5, resolution, dtype=dtype, device=device)
-    j, i = torch.meshgrid(coords, coords, indexing="ij")
-    return i.unsqueeze(0).contiguous(), j.unsqueeze(0).contiguous()   # meshgrid gives expanded views
-
-
-def camera_rays(c2w: torch.Tensor, focal: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                resolution: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pinhole rays, OpenGL convention (camera looks along -z, +y up, row 0 at the top).
-
-    c2w [B, 3, 4], focal [B, 1, 1] in pixels, i/j [1, H, W] pixel centres ->
-    rays_o [B, H, W, 3] (camera position), rays_d [B, H, W, 3] = R ((i - res/2)/f, -(j - res/2)/f, -1)
-    (not normalised: its norm scales the sample spacing), dirs [B, H, W, 3] (the camera-frame direction).
-    """
-    half = resolution * 0.5
-    x = (i - half) / focal  # [B, H, W]
-    y = -(j - half) / focal
-    dirs = torch.stack([x, y, -torch.ones_like(x)], -1)  # [B, H, W, 3]
-    # The official sum-of-products form of R . d (kept for bitwise-equal ray directions).
-    rays_d = torch.sum(dirs[..., None, :] * c2w[:, None, None, :3, :3], -1)
-    rays_o = c2w[:, None, None, :3, -1].expand(rays_d.shape)
-    return rays_o, rays_d, dirs
-
-
-def make_t_vals(n_samples: int, offset_sampling: bool = True, *, dtype: torch.dtype = torch.float32,
-                device: Optional[torch.device] = None) -> torch.Tensor:
-    """Sample fractions t [S]: linspace(0, 1 - 1/S, S) for offset sampling (every sample then owns
-    the interval up to the next one, the last up to far), linspace(0, 1, S) for stratified."""
-    end = 1.0 - 1.0 / n_samples if offset_sampling else 1.0
-    return torch.linspace(0.0, end, n_samples, dtype=dtype, device=device)
-
-
-def sample_depths(near: torch.Tensor, far: torch.Tensor, t_vals: torch.Tensor, *, perturb: float = 0.0,
-                  offset_sampling: bool = True) -> torch.Tensor:
-    """Depths along each ray, z [..., S] = near (1 - t) + far t, jittered when perturb > 0.
-
-    near/far [..., 1] (one per ray), t_vals [S]. Offset sampling: one u ~ U(0, 1) per ray moves every
-    sample by u times its gap to the next (the last one toward far), so z stays < far. Stratified: an
-    independent uniform draw per sample inside the bin between the neighbouring midpoints.
-    """
-    z_vals = near * (1.0 - t_vals) + far * t_vals  # [..., S]
-    if not perturb > 0:
-        return z_vals
-    if offset_sampling:
-        upper = torch.cat([z_vals[..., 1:], far], -1)
-        lower = z_vals
-        t_rand = torch.rand(z_vals.shape[:-1] + (1,), dtype=z_vals.dtype, device=z_vals.device)  # one per ray
-    else:
-        mids = 0.5 * (z_vals[..., 1:] + z_vals[..., :-1])
-        upper = torch.cat([mids, z_vals[..., -1:]], -1)
-        lower = torch.cat([z_vals[..., :1], mids], -1)
-        t_rand = torch.rand(z_vals.shape, dtype=z_vals.dtype, device=z_vals.device)
-    return lower + (upper - lower) * t_rand
-
-
-# --- the volume renderer --------------------------------------------------------------------------
 
 class RendererOutput(NamedTuple):
     """VolumeFeatureRenderer.forward, in the official order and layout."""
@@ -450,7 +112,7 @@ class VolumeFeatureRenderer(nn.Module):
         self.return_sdf = return_sdf
         self.sdf = bool(sdf)
         self.raw_noise_std = float(raw_noise_std)
-        self._impl = _check_impl("VolumeFeatureRenderer", impl)
+        self._impl = check_impl("VolumeFeatureRenderer", impl)
 
         if self.sdf:
             self.sigmoid_beta = nn.Parameter(SIGMOID_BETA_INIT * torch.ones(1))
@@ -462,8 +124,7 @@ class VolumeFeatureRenderer(nn.Module):
         self.register_buffer("j", j, persistent=False)  # [1, H, W] row centres
         self.register_buffer("t_vals", make_t_vals(n_samples, offset_sampling), persistent=False)  # [S]
         self.network = SirenGenerator(depth=depth, width=width, style_dim=style_dim,
-                                      output_features=output_features)
-        self.impl = self.impl   # the setter configures the FiLM-SIREN layers
+                                      output_features=output_features, impl=self._impl)
 
     @property
     def impl(self) -> str:
@@ -471,20 +132,10 @@ class VolumeFeatureRenderer(nn.Module):
 
     @impl.setter
     def impl(self, value: str) -> None:
-        # impl="reference" runs the official formulas op by op (the oracle); otherwise each layer's
-        # FiLM + sine is one fused op after its GEMM (FAST_FILM_MODE), which keeps only the GEMM output
-        # for the backward and the eikonal double backward.
-        self._impl = _check_impl("VolumeFeatureRenderer", value)
-        self.set_film_mode("eager" if self._impl == "reference" else FAST_FILM_MODE)
-
-    def set_film_mode(self, mode: str) -> None:
-        """How every FiLM-SIREN layer computes sin(gamma (W x + b) + beta): FILM_MODES (for benchmarks;
-        the impl setter picks the mode)."""
-        if mode not in FILM_MODES:
-            raise ValueError(f"VolumeFeatureRenderer.set_film_mode: mode must be one of {FILM_MODES}, got {mode!r}")
-        for layer in self.network.modules():
-            if isinstance(layer, FiLMSiren):
-                layer.film_mode, layer.impl = mode, self._impl
+        # "reference" runs the official formulas op by op (the oracle); otherwise the quadrature and each
+        # FiLM-SIREN layer's modulation + sine are fused ops. set_impl reaches every layer of the network.
+        self._impl = check_impl("VolumeFeatureRenderer", value)
+        set_impl(self.network, value)
 
     @property
     def device(self) -> torch.device:

@@ -6,7 +6,7 @@ so a seeded initialisation makes the same random draws as the official code. See
 reference/STYLESDF.md 1.3, 1.8, 1.10.
 
 Every block takes a keyword-only `impl="auto"|"kernel"|"reference"` that is handed to the fused ops
-(fused_leaky_relu, upfirdn2d); `set_impl(module, impl)` changes it afterwards on a whole tree.
+(fused_leaky_relu, upfirdn2d); `models.impl.set_impl(module, impl)` changes it afterwards on a whole tree.
 
 Shape legend: B batch, C channels, H/W height/width, D style dimension.
 """
@@ -26,16 +26,6 @@ BLUR_KERNEL = (1, 3, 3, 1)
 DEMODULATION_EPS = 1e-8
 PIXEL_NORM_EPS = 1e-8
 STDDEV_EPS = 1e-8
-
-
-def set_impl(module: nn.Module, impl: str) -> nn.Module:
-    """Sets the fused-op implementation ("auto", "kernel", "reference") of every block in `module`."""
-    if impl not in ("auto", "kernel", "reference"):
-        raise ValueError(f"impl must be 'auto', 'kernel' or 'reference', got {impl!r}")
-    for child in module.modules():
-        if hasattr(child, "impl"):
-            child.impl = impl
-    return module
 
 
 def stylegan2_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Sequence
 
+from .._extension import IMPLS
+
 __all__ = ["TrainConfig", "PRESETS", "PRESET_GLOBAL_BATCH", "preset_config", "add_config_arguments",
            "config_from_args", "RUN_CONTROL_FIELDS", "incompatible_fields", "validate_config", "global_batch_warning"]
 
@@ -258,8 +260,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"--raw-noise-std must be >= 0, got {cfg.raw_noise_std}")
     if not cfg.sdf and cfg.sphere_init not in ("auto", "skip"):
         problems.append("--sphere-init FILE initialises an SDF; it does not apply with --no-sdf")
-    if cfg.impl not in ("auto", "kernel", "reference"):
-        problems.append(f"--impl must be auto, kernel or reference, got {cfg.impl!r}")
+    if cfg.impl not in IMPLS:
+        problems.append(f"--impl must be one of {', '.join(IMPLS)}, got {cfg.impl!r}")
     if not 0 <= cfg.mixing <= 1 or not 0 <= cfg.ema_decay < 1 or not 0 < cfg.preview_truncation <= 1:
         problems.append("--mixing must lie in [0, 1], --ema-decay in [0, 1), --preview-truncation in (0, 1]")
     for name in ("sphere_init", "stage2_renderer"):
