@@ -11,25 +11,6 @@ import stylesdf_fast
 from stylesdf_fast import _extension, ops, reference
 
 
-@pytest.fixture
-def extension_absent(monkeypatch):
-    """Pretend the compiled extension could not be imported."""
-    state = _extension.ExtensionStatus(False, False, None, "stylesdf_fast._C could not be imported (test)")
-    monkeypatch.setattr(_extension, "status", lambda: state)
-    monkeypatch.setattr(_extension, "_warned_reasons", set())
-    monkeypatch.delenv("STYLESDF_FAST_REQUIRE_KERNELS", raising=False)
-    return state
-
-
-@pytest.fixture
-def extension_without_cuda(monkeypatch):
-    state = _extension.ExtensionStatus(True, False, torch.__version__, "")
-    monkeypatch.setattr(_extension, "status", lambda: state)
-    monkeypatch.setattr(_extension, "_warned_reasons", set())
-    monkeypatch.delenv("STYLESDF_FAST_REQUIRE_KERNELS", raising=False)
-    return state
-
-
 def test_extension_is_loaded_where_kernels_are_required():
     """CI sets STYLESDF_FAST_REQUIRE_KERNELS=1: the installed package must carry its CPU kernels."""
     state = stylesdf_fast.extension_status()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import stylesdf_fast
-from stylesdf_fast import _extension, ops, reference
+from stylesdf_fast import ops, reference
 
 from _inputs import (
     DEVICES,
@@ -428,15 +428,6 @@ def test_cpp_checks_back_up_the_python_ones():
                                                     torch.randn(2, 3))
     with pytest.raises(RuntimeError, match="float32 when x is float16"):
         torch.ops.stylesdf_fast.film_siren(torch.randn(2, 3), torch.randn(2, 3).double(), torch.randn(2, 3).double())
-
-
-@pytest.fixture
-def extension_absent(monkeypatch):
-    """Pretend the compiled extension could not be imported."""
-    state = _extension.ExtensionStatus(False, False, None, "stylesdf_fast._C could not be imported (test)")
-    monkeypatch.setattr(_extension, "status", lambda: state)
-    monkeypatch.setattr(_extension, "_warned_reasons", set())
-    monkeypatch.delenv("STYLESDF_FAST_REQUIRE_KERNELS", raising=False)
 
 
 def test_without_the_extension(extension_absent):

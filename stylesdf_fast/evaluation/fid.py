@@ -35,6 +35,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .._checks import count
+
 __all__ = [
     "feature_statistics", "FeatureStatistics", "frechet_distance", "kernel_inception_distance",
     "save_statistics", "load_statistics", "STATISTICS_FORMAT", "STATISTICS_VERSION",
@@ -80,14 +82,6 @@ def _feature_matrix(fn: str, name: str, value, *, min_rows: int) -> torch.Tensor
     return features
 
 
-def _count(fn: str, name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _mean_and_covariance(fn: str, mu, sigma, which: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """mu [D], sigma [D, D] (symmetric, finite) -> float64 tensors."""
     mu = _as_float64(fn, f"mu{which}", mu)
@@ -128,7 +122,7 @@ class FeatureStatistics:
     """
 
     def __init__(self, dim: Optional[int] = None):
-        self.dim = None if dim is None else _count("FeatureStatistics", "dim", dim, minimum=1)
+        self.dim = None if dim is None else count("FeatureStatistics", "dim", dim, minimum=1)
         self.count = 0
         self._mean: Optional[torch.Tensor] = None       # [D]
         self._scatter: Optional[torch.Tensor] = None    # [D, D] sum of centred outer products
@@ -229,8 +223,8 @@ def kernel_inception_distance(features_a: ArrayLike, features_b: ArrayLike, *, n
     subset is converted to float64 on its own, so float32 inputs of 50k rows stay float32 in memory.
     """
     fn = "kernel_inception_distance"
-    num_subsets = _count(fn, "num_subsets", num_subsets, minimum=1)
-    max_subset_size = _count(fn, "max_subset_size", max_subset_size, minimum=2)
+    num_subsets = count(fn, "num_subsets", num_subsets, minimum=1)
+    max_subset_size = count(fn, "max_subset_size", max_subset_size, minimum=2)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{fn}: seed must be an int, got {type(seed).__name__}")
     features_a = _raw_features(fn, "features_a", features_a)

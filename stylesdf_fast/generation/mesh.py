@@ -19,7 +19,6 @@ Legend: H/W image rows/columns, S samples per ray, V vertices, F faces.
 """
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .._atomic import atomic_path
+from .._checks import positive, real, to_numpy
 
 __all__ = ["Mesh", "NoSurfaceError", "MESH_SUFFIXES", "frustum_to_box", "marching_cubes_mesh",
            "depth_map_mesh", "save_mesh", "load_mesh"]
@@ -174,8 +174,8 @@ def marching_cubes_mesh(sdf: torch.Tensor, near: Scalar, far: Scalar, *, level: 
     fn = "marching_cubes_mesh"
     volume = _sdf_volume(fn, sdf).detach()                          # [H, W, S]
     near, far = _near_far(fn, near, far)
-    level = _real(fn, "level", level)
-    focal = None if focal is None else _positive(fn, "focal", focal)
+    level = real(fn, "level", level, allow_tensor=True)
+    focal = None if focal is None else positive(fn, "focal", focal, allow_tensor=True)
     rotation, position = (None, None) if c2w is None else _camera_to_world(fn, c2w)
     _require_crossing(fn, volume, level)
     box = frustum_to_box(volume, near, far)                          # [H, W, S]
@@ -325,25 +325,8 @@ def load_mesh(path: Union[str, os.PathLike]) -> Mesh:
 
 # --- argument checks -------------------------------------------------------------------------------
 
-def _real(fn: str, name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number (or a 1-element tensor), got {value!r}")
-    if not np.isfinite(value):
-        raise ValueError(f"{fn}: {name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _positive(fn: str, name: str, value) -> float:
-    value = _real(fn, name, value)
-    if value <= 0:
-        raise ValueError(f"{fn}: {name} must be > 0, got {value}")
-    return value
-
-
 def _near_far(fn: str, near, far) -> Tuple[float, float]:
-    near, far = _positive(fn, "near", near), _positive(fn, "far", far)
+    near, far = positive(fn, "near", near, allow_tensor=True), positive(fn, "far", far, allow_tensor=True)
     if not near < far:
         raise ValueError(f"{fn}: near must be < far, got near={near}, far={far}")
     return near, far
@@ -378,15 +361,9 @@ def _camera_to_world(fn: str, c2w) -> Tuple[np.ndarray, np.ndarray]:
     return matrix[:, :3], matrix[:, 3]
 
 
-def _to_numpy(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _channels_last(fn: str, name: str, image) -> np.ndarray:
     """[3, H, W] (preferred when the first axis is 3) or [H, W, 3] -> [H, W, 3]."""
-    array = _to_numpy(image)
+    array = to_numpy(image)
     if array.ndim == 3 and array.shape[0] == 3:
         return np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 3:
@@ -409,7 +386,7 @@ def _colors_uint8(fn: str, colors, size: Tuple[int, int]) -> np.ndarray:
 
 
 def _mask_2d(fn: str, mask, size: Tuple[int, int]) -> np.ndarray:
-    array = _to_numpy(mask)
+    array = to_numpy(mask)
     if array.dtype != np.bool_:
         raise TypeError(f"{fn}: mask must be boolean (True = foreground; threshold a float mask first), "
                         f"got dtype {array.dtype}")
@@ -422,7 +399,7 @@ def _mask_2d(fn: str, mask, size: Tuple[int, int]) -> np.ndarray:
 
 def _rows_of_three(fn: str, name: str, value, dtype, *, kind: str, exact_dtype=None) -> np.ndarray:
     """An array [N, 3] of the allowed dtype kinds, converted to `dtype` (C-contiguous)."""
-    array = _to_numpy(value)
+    array = to_numpy(value)
     if exact_dtype is not None and array.dtype != exact_dtype:
         raise TypeError(f"{fn}: {name} must have dtype {np.dtype(exact_dtype).name}, got {array.dtype}")
     if array.dtype.kind not in kind:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .._atomic import atomic_path
+from .._checks import positive, to_numpy
 
 __all__ = ["VIDEO_SUFFIXES", "DEFAULT_FPS", "DEFAULT_CRF", "write_video", "video_info", "shade_normals",
            "colorize_depth", "DEFAULT_LIGHT_DIR"]
@@ -66,7 +67,7 @@ def write_video(frames: Frames, path: PathLike, *, fps: float = DEFAULT_FPS, crf
     suffix = target.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"{fn}: path must end in {' or '.join(VIDEO_SUFFIXES)}, got {str(target)!r}")
-    fps = _positive_real(fn, "fps", fps)
+    fps = positive(fn, "fps", fps)
     crf = _crf(fn, crf)
     if suffix == ".mp4" and not _ffmpeg_usable():
         fallback = target.with_suffix(".gif")
@@ -267,7 +268,7 @@ def colorize_depth(depth: Union[np.ndarray, torch.Tensor], mask: Optional[Union[
     `background`: white (255) by default, a grey level or an (R, G, B) triple.
     """
     fn = "colorize_depth"
-    values = _to_numpy(depth).astype(np.float64)
+    values = to_numpy(depth).astype(np.float64)
     single = values.ndim == 2
     if not (single or (values.ndim == 4 and values.shape[1] == 1)):
         raise ValueError(f"{fn}: depth must be [H, W] or [B, 1, H, W], got shape {values.shape}")
@@ -312,16 +313,6 @@ def _background_rgb(fn: str, background) -> np.ndarray:
 
 
 # --- argument checks -------------------------------------------------------------------------------
-
-def _to_numpy(value) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-def _positive_real(fn: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{fn}: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
 
 def _crf(fn: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= 51:
@@ -374,7 +365,7 @@ def _camera_positions(fn: str, value, points: torch.Tensor) -> torch.Tensor:
 
 def _depth_mask(fn: str, mask, depth, single: bool) -> np.ndarray:
     """The foreground mask as [B, H, W] bool, shaped like the depth it came with."""
-    array = _to_numpy(mask)
+    array = to_numpy(mask)
     if array.dtype != np.bool_:
         raise TypeError(f"{fn}: mask must be boolean (True = foreground), got dtype {array.dtype}")
     if array.shape != tuple(depth.shape):

@@ -22,11 +22,12 @@ the same layout as the returned `viewpoint` (the pose head's target).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from .._checks import count, real
 
 __all__ = [
     "AZIM_RANGE", "AZIM_RANGE_AFHQ", "ELEV_RANGE", "FOV_HALF_ANGLE_DEG", "DIST_RADIUS", "SWEEP_VIEWS",
@@ -60,32 +61,8 @@ class CameraParams(NamedTuple):
 
 # --- argument checks -------------------------------------------------------------------------------
 
-def _real(fn: str, name: str, value, *, low: Optional[float] = None, low_inclusive: bool = True,
-          high: Optional[float] = None) -> float:
-    """A finite real number (not a bool), optionally low <= / < value < high."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{fn}: {name} must be finite, got {value}")
-    if low is not None and (value < low or (value == low and not low_inclusive)):
-        raise ValueError(f"{fn}: {name} must be {'>=' if low_inclusive else '>'} {low}, got {value}")
-    if high is not None and value >= high:
-        raise ValueError(f"{fn}: {name} must be < {high}, got {value}")
-    return value
-
-
-def _count(fn: str, name: str, value, *, minimum: int) -> int:
-    """An int (not a bool) >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _ranges(fn: str, azim_range, elev_range) -> Tuple[float, float]:
-    return (_real(fn, "azim_range", azim_range, low=0.0), _real(fn, "elev_range", elev_range, low=0.0))
+    return (real(fn, "azim_range", azim_range, low=0.0), real(fn, "elev_range", elev_range, low=0.0))
 
 
 def _dtype(fn: str, dtype: Optional[torch.dtype]) -> torch.dtype:
@@ -125,7 +102,7 @@ def sample_angles(batch: int, *, uniform: bool = False, azim_range: float = AZIM
     Draw order (azimuth [B, 1], then elevation [B, 1]) is the official one.
     """
     fn = "sample_angles"
-    batch = _count(fn, "batch", batch, minimum=1)
+    batch = count(fn, "batch", batch, minimum=1)
     azim_range, elev_range = _ranges(fn, azim_range, elev_range)
     generator, dtype = _generator(fn, generator), _dtype(fn, dtype)
     if uniform:
@@ -148,8 +125,8 @@ def sweep_angles(batch: int, *, azim_range: float = AZIM_RANGE, elev_range: floa
     identity's views (one [batch, 1] uniform draw, as the official code).
     """
     fn = "sweep_angles"
-    batch = _count(fn, "batch", batch, minimum=1)
-    num_views = _count(fn, "num_views", num_views, minimum=2)
+    batch = count(fn, "batch", batch, minimum=1)
+    num_views = count(fn, "num_views", num_views, minimum=2)
     azim_range, elev_range = _ranges(fn, azim_range, elev_range)
     generator, dtype = _generator(fn, generator), _dtype(fn, dtype)
     steps = torch.arange(num_views, device=device, dtype=dtype)
@@ -176,7 +153,7 @@ def fixed_view_angles(azim_range: float = AZIM_RANGE, elev_range: float = ELEV_R
 def _frame_phase(fn: str, num_frames: int, device: Device, dtype: torch.dtype) -> torch.Tensor:
     """2 pi t with t = linspace(0, 1, F) -> [F] (both ends included, so the first and last frames
     coincide, as in the official videos); computed in float64, then cast."""
-    num_frames = _count(fn, "num_frames", num_frames, minimum=1)
+    num_frames = count(fn, "num_frames", num_frames, minimum=1)
     return (2 * math.pi * torch.linspace(0, 1, num_frames, dtype=torch.float64)).to(device=device, dtype=dtype)
 
 
@@ -186,7 +163,7 @@ def azimuth_sweep_trajectory(num_frames: int = VIDEO_FRAMES, *, azim_range: floa
     """`render_video.py --azim_video` -> locations [F, 2]: azimuth A cos(2 pi t), elevation 0, with
     A = 1.5 azim_range (Gaussian training poses) or azim_range (uniform=True)."""
     fn = "azimuth_sweep_trajectory"
-    azim_range = _real(fn, "azim_range", azim_range, low=0.0)
+    azim_range = real(fn, "azim_range", azim_range, low=0.0)
     phase = _frame_phase(fn, num_frames, device, _dtype(fn, dtype))
     amplitude = azim_range if uniform else 1.5 * azim_range
     return torch.stack([amplitude * torch.cos(phase), torch.zeros_like(phase)], dim=1)
@@ -221,7 +198,7 @@ def camera_positions(azim: torch.Tensor, elev: torch.Tensor,
             raise TypeError(f"{fn}: {name} must be a floating-point torch.Tensor, got "
                             f"{getattr(value, 'dtype', type(value).__name__)}")
     if not isinstance(radius, torch.Tensor):
-        radius = _real(fn, "radius", radius, low=0.0, low_inclusive=False)
+        radius = real(fn, "radius", radius, low=0.0, low_inclusive=False)
     cos_e = torch.cos(elev)
     direction = torch.stack(torch.broadcast_tensors(cos_e * torch.sin(azim), torch.sin(elev),
                                                     cos_e * torch.cos(azim)), dim=-1)
@@ -272,14 +249,14 @@ def focal_from_fov(resolution: Union[Number, torch.Tensor],
     (304.46 px at 64, 608.92 at 128 for 6 degrees). Floats in, float out; a tensor in, a tensor out."""
     fn = "focal_from_fov"
     if not isinstance(resolution, torch.Tensor):
-        resolution = _real(fn, "resolution", resolution, low=0.0, low_inclusive=False)
+        resolution = real(fn, "resolution", resolution, low=0.0, low_inclusive=False)
     if isinstance(fov_half_angle_deg, torch.Tensor):
         if not fov_half_angle_deg.is_floating_point():
             fov_half_angle_deg = fov_half_angle_deg.to(torch.get_default_dtype())
         if bool(((fov_half_angle_deg <= 0) | (fov_half_angle_deg >= 90)).any()):
             raise ValueError(f"{fn}: fov_half_angle_deg must lie in (0, 90) degrees")
         return 0.5 * resolution / torch.tan(torch.deg2rad(fov_half_angle_deg))
-    fov = _real(fn, "fov_half_angle_deg", fov_half_angle_deg, low=0.0, low_inclusive=False, high=90.0)
+    fov = real(fn, "fov_half_angle_deg", fov_half_angle_deg, low=0.0, low_inclusive=False, high=90.0)
     return 0.5 * resolution / math.tan(math.radians(fov))
 
 
@@ -287,8 +264,8 @@ def near_far(dist_radius: float = DIST_RADIUS, dist: float = 1.0) -> Tuple[float
     """Ray bounds around the origin for a camera at distance `dist`: (dist - r, dist + r)
     (0.88, 1.12 by default). Requires 0 < r < dist."""
     fn = "near_far"
-    dist = _real(fn, "dist", dist, low=0.0, low_inclusive=False)
-    dist_radius = _real(fn, "dist_radius", dist_radius, low=0.0, low_inclusive=False, high=dist)
+    dist = real(fn, "dist", dist, low=0.0, low_inclusive=False)
+    dist_radius = real(fn, "dist_radius", dist_radius, low=0.0, low_inclusive=False, high=dist)
     return dist - dist_radius, dist + dist_radius
 
 
@@ -317,9 +294,9 @@ def _focal_tensor(fn: str, resolution, fov_ang, count: int, device: Device,
                   dtype: torch.dtype) -> torch.Tensor:
     """focal [B, 1, 1] from a scalar fov or a per-camera fov tensor of 1 or B elements
     (render_video.py passes [B, 1])."""
-    resolution = _real(fn, "resolution", resolution, low=0.0, low_inclusive=False)
+    resolution = real(fn, "resolution", resolution, low=0.0, low_inclusive=False)
     if not isinstance(fov_ang, torch.Tensor):
-        fov = _real(fn, "fov_ang", fov_ang, low=0.0, low_inclusive=False, high=90.0)
+        fov = real(fn, "fov_ang", fov_ang, low=0.0, low_inclusive=False, high=90.0)
         return torch.full((count, 1, 1), focal_from_fov(resolution, fov), device=device, dtype=dtype)
     if fov_ang.numel() not in (1, count):
         raise ValueError(f"{fn}: a fov_ang tensor must have 1 or B = {count} elements, got shape "
@@ -345,7 +322,7 @@ def generate_camera_params(resolution: Number, device: Device, batch: int = 1, l
     far [B, 1, 1], viewpoint [B, 2] = (azimuth, elevation)); near / far = 1 -/+ dist_radius.
     """
     fn = "generate_camera_params"
-    batch = _count(fn, "batch", batch, minimum=1)
+    batch = count(fn, "batch", batch, minimum=1)
     near, far = near_far(dist_radius)
     if locations is not None:
         if sweep:
@@ -358,10 +335,10 @@ def generate_camera_params(resolution: Number, device: Device, batch: int = 1, l
         angles = sample_angles(batch, uniform=uniform, azim_range=azim_range, elev_range=elev_range,
                                uniform_elev_nonnegative=uniform_elev_nonnegative, generator=generator,
                                device=device, dtype=_dtype(fn, dtype))
-    count, dtype, device = angles.shape[0], angles.dtype, angles.device
+    cameras, dtype, device = angles.shape[0], angles.dtype, angles.device
     azim, elev = angles[:, 0], angles[:, 1]
     c2w = look_at_origin(camera_positions(azim, elev), azim=azim)
-    focal = _focal_tensor(fn, resolution, fov_ang, count, device, dtype)
-    bounds = dict(size=(count, 1, 1), device=device, dtype=dtype)
+    focal = _focal_tensor(fn, resolution, fov_ang, cameras, device, dtype)
+    bounds = dict(size=(cameras, 1, 1), device=device, dtype=dtype)
     return CameraParams(c2w, focal, torch.full(fill_value=near, **bounds),
                         torch.full(fill_value=far, **bounds), angles)

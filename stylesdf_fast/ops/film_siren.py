@@ -14,7 +14,7 @@ import torch
 from .. import _extension
 from .. import reference
 from ..reference.film_siren import LOW_PRECISION, compute_dtype, per_row_view
-from ._validation import check_same_device, check_tensor
+from .._checks import check_same_device, check_tensor
 
 OP = "film_siren"
 STORAGE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

@@ -14,7 +14,7 @@ from torch import nn
 from .. import _extension
 from .. import reference
 from ._layout import preferred_memory_format
-from ._validation import check_number, check_same_device, check_tensor
+from .._checks import check_number, check_same_device, check_tensor
 
 OP = "fused_leaky_relu"
 

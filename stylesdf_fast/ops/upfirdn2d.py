@@ -18,7 +18,7 @@ from torch import nn
 from .. import _extension
 from .. import reference
 from ._layout import preferred_memory_format
-from ._validation import check_same_device, check_tensor, int_pair
+from .._checks import check_same_device, check_tensor, int_pair
 
 OP = "upfirdn2d"
 IntPair = Union[int, Sequence[int]]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Sequence
 
 from .._extension import IMPLS
+from ..models.stylegan2 import stddev_group_size
 
 __all__ = ["TrainConfig", "PRESETS", "PRESET_GLOBAL_BATCH", "preset_config", "add_config_arguments",
            "config_from_args", "RUN_CONTROL_FIELDS", "incompatible_fields", "validate_config", "global_batch_warning"]
@@ -251,9 +252,10 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             problems.append(f"--{name.replace('_', '-')} must be a power of two, got {getattr(cfg, name)}")
     if cfg.renderer_size > cfg.size:
         problems.append(f"--renderer-size {cfg.renderer_size} must not exceed --size {cfg.size}")
-    if cfg.chunk2 > 1 and cfg.chunk2 % 2 and cfg.chunk2 % 3:
-        problems.append(f"--chunk2 {cfg.chunk2}: the stage-2 discriminator's minibatch stddev needs chunks of 1 or "
-                        f"a multiple of 2 or 3")
+    try:   # the stage-2 discriminator sees chunks of chunk2 images
+        stddev_group_size(cfg.chunk2)
+    except ValueError as error:
+        problems.append(f"--chunk2 {cfg.chunk2}: {error}")
     if cfg.chunk_losses not in CHUNK_LOSSES:
         problems.append(f"--chunk-losses must be one of {', '.join(CHUNK_LOSSES)}, got {cfg.chunk_losses!r}")
     if cfg.raw_noise_std < 0:
