@@ -485,15 +485,10 @@ def print_table(rows: Sequence[Dict[str, object]], columns: Sequence[tuple], *, 
 
 def write_json(path: os.PathLike, payload: Dict[str, object], *, device) -> Path:
     """Writes payload with an "environment" entry (environment_metadata) added, creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from stylesdf_fast._atomic import write_text   # a killed run leaves the last good file
+
     document = {"environment": environment_metadata(device), **payload}
-    partial = path.with_name(path.name + ".partial")   # renamed into place: a killed run leaves the last good file
-    with open(partial, "w") as f:
-        json.dump(document, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(partial, path)
-    return path
+    return write_text(path, json.dumps(document, indent=2, default=str) + "\n")
 
 
 def report_peak_memory_method(device) -> Optional[Dict[str, object]]:

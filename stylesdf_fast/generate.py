@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._atomic import atomic_path
 from .generation import cli
 from .generation.mesh import NoSurfaceError, save_mesh
 from .generation.sampling import (DEFAULT_TRUNCATION, SurfaceRender, angles_in_degrees, describe, generate_images,
@@ -157,11 +158,10 @@ def _depth_picture(surface: SurfaceRender, k: int) -> np.ndarray:
 
 
 def _save_row(tiles: np.ndarray, path: Path) -> None:
-    """tiles uint8 [K, H, W, 3] -> one PNG [H, K*W, 3], written to a temporary name then renamed."""
+    """tiles uint8 [K, H, W, 3] -> one PNG [H, K*W, 3], written atomically."""
     row = np.concatenate(list(tiles), axis=1)
-    temporary = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(row).save(temporary)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(row).save(temporary, format="PNG")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from typing import Dict, Iterable, Optional, Union
 
 from PIL import Image
 
+from .._atomic import fsync_path
+
 __all__ = [
     "LENGTH_KEY", "INFO_KEY", "image_key", "meta_key", "resize_and_center_crop", "encode_png",
     "LmdbWriter", "is_lmdb_dir", "parse_sizes",
@@ -198,6 +200,7 @@ class LmdbWriter:
             old = self.path.parent / f"{self.path.name}.replaced-{os.getpid()}"
             os.replace(self.path, old)
         os.replace(self._temp, self.path)
+        fsync_path(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 

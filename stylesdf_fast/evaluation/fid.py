@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
 import zipfile
 from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
 from .._checks import count
 
 __all__ = [
@@ -295,19 +295,9 @@ def _meta_json(fn: str, meta: Optional[dict]) -> str:
 
 
 def _write_atomically(path: str, arrays: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as stream:
             np.savez(stream, **arrays)     # a file object: numpy does not append ".npz" to the name
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def load_statistics(path: Union[str, os.PathLike]) -> dict:

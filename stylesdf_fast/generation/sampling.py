@@ -12,7 +12,6 @@ Legend: N identities, K views, D style_dim, S image size, R renderer (or surface
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from ..models import Generator, generate_camera_params, load_generator
 from ..models.cameras import AZIM_RANGE, DIST_RADIUS, ELEV_RANGE, FOV_HALF_ANGLE_DEG, fixed_view_angles, sample_angles
 from ..models.generator import _generator_state
+from .._atomic import write_json
 from ..models.renderer import VolumeFeatureRenderer
 
 __all__ = ["CameraSettings", "LoadedModel", "SurfaceRender", "load_model", "identity_latents", "view_angles",
@@ -290,10 +290,5 @@ def describe(model: LoadedModel) -> str:
 
 
 def write_json_atomic(path: Union[str, os.PathLike], payload) -> None:
-    """JSON to a temporary file in the same folder, then renamed into place."""
-    path = os.fspath(path)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, path)
+    """JSON, written atomically (stylesdf_fast._atomic)."""
+    write_json(path, payload)
