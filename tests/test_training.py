@@ -191,6 +191,19 @@ def test_resume_in_stage_2_with_other_previews_matches_an_uninterrupted_run(tmp_
             assert torch.equal(value, resumed[key][name]), f"{key}.{name}"
 
 
+def test_official_two_command_recipe_runs_stage_2_by_resuming(tmp_path, tiny_dataset, capsys):
+    """README's recipe for the official runs: stage 1 in one command, then stage 2 by resuming the
+    same run with --stages 2 (with its own process count on a cluster)."""
+    run = tmp_path / "run"
+    assert _train(run, tiny_dataset, "--stages", "1") == 0
+    assert (run / "volume_renderer.pt").exists() and not (run / "final.pt").exists()
+    assert train.main(["--resume", str(run), "--stages", "2"]) == 0
+    assert (run / "final.pt").exists()
+    stage1 = torch.load(run / "volume_renderer.pt", weights_only=False)["g_ema"]
+    final = torch.load(run / "final.pt", weights_only=False)["g"]
+    assert all(torch.equal(final[k], v) for k, v in stage1.items() if k.startswith("renderer."))
+
+
 def test_resume_refuses_incompatible_changes(tmp_path, tiny_dataset, capsys):
     assert _train(tmp_path / "run", tiny_dataset, "--stages", "1", "--iter1", "2") == 0
     assert train.main(["--resume", str(tmp_path / "run"), "--width", "64"]) == 2
