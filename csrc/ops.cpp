@@ -63,29 +63,17 @@ TORCH_LIBRARY_IMPL(stylesdf_fast, CompositeExplicitAutograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
-  m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cpu);
-  m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cpu);
-  m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cpu);
   m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cpu);
   m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cpu);
   m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cpu);
   m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cpu);
-  m.impl("film_siren", &stylesdf_fast::film_siren_cpu);
-  m.impl("film_siren_backward", &stylesdf_fast::film_siren_backward_cpu);
-  m.impl("film_siren_double_backward", &stylesdf_fast::film_siren_double_backward_cpu);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
-  m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cuda);
-  m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cuda);
-  m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cuda);
   m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cuda);
   m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cuda);
   m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cuda);
   m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cuda);
-  m.impl("film_siren", &stylesdf_fast::film_siren_cuda);
-  m.impl("film_siren_backward", &stylesdf_fast::film_siren_backward_cuda);
-  m.impl("film_siren_double_backward", &stylesdf_fast::film_siren_double_backward_cuda);
 }
 #endif

@@ -11,13 +11,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
 #include "../common/cpu_multiversion.h"
-#include "../ops.h"
+#include "film_siren.h"
 #include "film_siren_args.h"
 #include "film_siren_math.h"
 #include "film_siren_sincos.h"
@@ -297,3 +298,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_bac
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
+  m.impl("film_siren", &stylesdf_fast::film_siren_cpu);
+  m.impl("film_siren_backward", &stylesdf_fast::film_siren_backward_cpu);
+  m.impl("film_siren_double_backward", &stylesdf_fast::film_siren_double_backward_cpu);
+}

@@ -12,11 +12,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
 
-#include "../ops.h"
+#include "film_siren.h"
 #include "film_siren_args.h"
 #include "film_siren_math.h"
 
@@ -267,3 +268,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_siren_double_bac
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
+  m.impl("film_siren", &stylesdf_fast::film_siren_cuda);
+  m.impl("film_siren_backward", &stylesdf_fast::film_siren_backward_cuda);
+  m.impl("film_siren_double_backward", &stylesdf_fast::film_siren_double_backward_cuda);
+}

@@ -6,12 +6,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../common/cpu_multiversion.h"
-#include "../ops.h"
+#include "fused_leaky_relu.h"
 #include "fused_leaky_relu_layout.h"
 #include "fused_leaky_relu_math.h"
 
@@ -180,3 +181,8 @@ std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cpu(const at::Tenso
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
+  m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cpu);
+  m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cpu);
+}

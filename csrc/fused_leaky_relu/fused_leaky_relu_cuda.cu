@@ -8,12 +8,13 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../common/index_width.h"
-#include "../ops.h"
+#include "fused_leaky_relu.h"
 #include "fused_leaky_relu_layout.h"
 #include "fused_leaky_relu_math.h"
 
@@ -128,3 +129,8 @@ std::tuple<at::Tensor, at::Tensor> fused_leaky_relu_backward_cuda(const at::Tens
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
+  m.impl("fused_leaky_relu", &stylesdf_fast::fused_leaky_relu_cuda);
+  m.impl("fused_leaky_relu_backward", &stylesdf_fast::fused_leaky_relu_backward_cuda);
+}

@@ -11,13 +11,14 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../common/cpu_multiversion.h"
 #include "../common/memory_format.h"
-#include "../ops.h"
+#include "upfirdn2d.h"
 #include "upfirdn2d_args.h"
 #include "upfirdn2d_math.h"
 
@@ -160,3 +161,7 @@ at::Tensor upfirdn2d_cpu(const at::Tensor& input, const at::Tensor& kernel, int6
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
+  m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cpu);
+}

@@ -9,11 +9,12 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
 
-#include "../ops.h"
+#include "upfirdn2d.h"
 #include "../common/index_width.h"
 #include "../common/memory_format.h"
 #include "upfirdn2d_args.h"
@@ -106,3 +107,7 @@ at::Tensor upfirdn2d_cuda(const at::Tensor& input, const at::Tensor& kernel, int
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
+  m.impl("upfirdn2d", &stylesdf_fast::upfirdn2d_cuda);
+}
