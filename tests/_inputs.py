@@ -1,5 +1,8 @@
-"""Input builders and tolerances shared by the tests and the benchmarks (DESIGN.md items 7, 10)."""
+"""Input builders and tolerances shared by the tests and the benchmarks (docs/design.md sections 3.7, 3.10)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,16 @@ DEVICES = [
 requires_kernels = pytest.mark.skipif(
     not _extension.status().loaded, reason=f"compiled extension unavailable: {_extension.status().reason}"
 )
+
+# --- the official checkpoints' keys and shapes (every official g, d and g_ema), kept with the tests ----
+OFFICIAL_MANIFEST = Path(__file__).parent / "data" / "official_state_dict_manifest.json"
+
+
+def official_manifest() -> dict:
+    """{"<file>.<g|d|g_ema>": {key: shape}} of the released official checkpoints."""
+    with open(OFFICIAL_MANIFEST) as handle:
+        return json.load(handle)
+
 
 # --- tolerances, named once ----------------------------------------------------------------------
 # (rtol, atol) of kernel vs reference when both run in the same dtype (different summation order).

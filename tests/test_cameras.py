@@ -1,4 +1,4 @@
-"""stylesdf_fast.models.cameras: the StyleSDF camera model (STYLESDF.md 1.6, 1.7, 6): positions on
+"""stylesdf_fast.models.cameras: the StyleSDF camera model (docs/official.md sections 1.6, 1.7, 6): positions on
 the unit sphere, orthonormal look-at frames (OpenGL, looking along -z at the origin), the straight
 up/down fallback, intrinsics, the pose distributions, sweep / fixed / video layouts, reproducibility
 and bad input."""
@@ -33,7 +33,7 @@ def check_frames(c2w, tol=TOL):
 
 def project(c2w, focal, point, resolution):
     """Pixel (i, j) of a world point, inverting the renderer's ray direction
-    ((i - W/2)/f, -(j - H/2)/f, -1) (STYLESDF.md 1.6)."""
+    ((i - W/2)/f, -(j - H/2)/f, -1) (docs/official.md section 1.6)."""
     local = c2w[:, :3].T @ (point - c2w[:, 3])
     return (resolution / 2 + focal * local[0] / -local[2], resolution / 2 - focal * local[1] / -local[2])
 

@@ -1,8 +1,6 @@
 """The assembled Generator: official state_dict layout (manifest, key by key), strict loading of
 official-layout checkpoints, load_generator, the official forward call and its return tuple,
 truncation as the official code applies it, kernels vs reference ops end to end."""
-import json
-import os
 
 import pytest
 import torch
@@ -10,9 +8,8 @@ import torch
 from stylesdf_fast.models.cameras import generate_camera_params
 from stylesdf_fast.models.generator import Generator, generator_config_from_state_dict, load_generator
 
-from _inputs import requires_kernels
+from _inputs import official_manifest, requires_kernels
 
-MANIFEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "official_state_dict_manifest.json")
 CONFIGS = {
     "vol_renderer.g_ema": dict(full_pipeline=False),
     "afhq512x512.g_ema": dict(size=512),
@@ -21,11 +18,7 @@ CONFIGS = {
 
 
 def manifest():
-    path = os.environ.get("STYLESDF_MANIFEST", MANIFEST)
-    if not os.path.isfile(path):
-        pytest.skip(f"official manifest not found at {path}")
-    with open(path) as f:
-        return json.load(f)
+    return official_manifest()
 
 
 def random_state(shapes):

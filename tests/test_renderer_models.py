@@ -1,9 +1,7 @@
 """models/renderer.py: official state_dict keys and shapes, layer formulas and inits, rays and depth
 sampling, a render against a transcription of the official renderer, the eikonal term, the sphere-init
 pass, kernel vs reference, bad input."""
-import json
 import math
-import os
 
 import pytest
 import torch
@@ -20,10 +18,8 @@ from stylesdf_fast.models.renderer import (
     sample_depths,
 )
 
-from _inputs import requires_kernels
+from _inputs import official_manifest, requires_kernels
 
-# The shared reference folder sits beside the repository; without it the keys come from STYLESDF.md 2.2.
-MANIFEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "official_state_dict_manifest.json")
 LEAKY_GAIN = math.sqrt(2 / (1 + 0.2**2))
 NEAR, FAR = 0.88, 1.12
 FOV_HALF_DEG = 6.0
@@ -33,7 +29,7 @@ F64_TOL = dict(rtol=1e-10, atol=1e-12)
 # --- builders -------------------------------------------------------------------------------------
 
 def look_at_c2w(azim, elev, dtype=torch.float64):
-    """STYLESDF.md 1.7: camera on the unit sphere looking at the origin, c2w [B, 3, 4]."""
+    """docs/official.md section 1.7: camera on the unit sphere looking at the origin, c2w [B, 3, 4]."""
     azim, elev = torch.as_tensor(azim, dtype=dtype), torch.as_tensor(elev, dtype=dtype)
     pos = torch.stack([torch.cos(elev) * torch.sin(azim), torch.sin(elev), torch.cos(elev) * torch.cos(azim)], -1)
     z_axis = pos / pos.norm(dim=-1, keepdim=True)
@@ -61,7 +57,7 @@ def tiny_renderer(**options):
 
 
 def film_formula(layer, x, style):
-    """FiLMSiren as written in STYLESDF.md 1.4, from the parameters."""
+    """FiLMSiren as written in docs/official.md section 1.4, from the parameters."""
     gamma = 15 * (style @ layer.gamma.weight.T + layer.gamma.bias) + 30  # [B, out]
     beta = 0.25 * (style @ layer.beta.weight.T + layer.beta.bias)
     shape = (style.shape[0],) + (1,) * (x.dim() - 2) + (gamma.shape[-1],)
@@ -131,7 +127,7 @@ def make_container(**options):
 
 
 def documented_keys():
-    """The 65 keys and shapes of an official stage-1 `g_ema` (STYLESDF.md 2.2), in checkpoint order."""
+    """The 65 keys and shapes of an official stage-1 `g_ema` (docs/official.md section 2.2), in checkpoint order."""
     keys = {}
     for index in range(3):
         keys[f"style.{index}.weight"], keys[f"style.{index}.bias"] = [256, 256], [256]
@@ -152,10 +148,7 @@ def documented_keys():
 
 @pytest.fixture(scope="module")
 def manifest():
-    if not os.path.exists(MANIFEST):
-        return documented_keys()
-    with open(MANIFEST) as handle:
-        keys = json.load(handle)["vol_renderer.g_ema"]
+    keys = official_manifest()["vol_renderer.g_ema"]
     assert keys == documented_keys() and list(keys) == list(documented_keys())
     return keys
 

@@ -1,9 +1,7 @@
 """StyleGAN2 decoder and the two discriminators: official state_dict keys and shapes, forward
 shapes, modulated-conv math against per-sample convolutions, latent mixing and truncation,
 initialisation, and second-order gradients (R1, path length) with the kernels vs the reference."""
-import json
 import math
-import os
 import random
 
 import pytest
@@ -24,13 +22,9 @@ from stylesdf_fast.models.stylegan2 import (
 )
 from stylesdf_fast.ops import make_kernel
 
-from _inputs import assert_close, requires_kernels
+from _inputs import assert_close, official_manifest, requires_kernels
 
-# shared/ sits beside the repository; STYLESDF_MANIFEST overrides the location.
-MANIFEST_PATH = os.environ.get("STYLESDF_MANIFEST", os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "reference", "official_state_dict_manifest.json"))
-
-# Counts of stored numbers given by STYLESDF.md 2.3 / 2.4 (the decoder's = full G minus the renderer's).
+# Counts of stored numbers given by docs/official.md sections 2.3 / 2.4 (the decoder's = full G minus the renderer's).
 DOCUMENTED_NUMEL = {
     "ffhq1024x1024.g_ema": 10_797_117 - 1_910_789,
     "ffhq1024x1024.d": 29_012_769,
@@ -41,10 +35,7 @@ STAT_TOL = 0.03  # relative tolerance of sample standard deviations of >= 100k N
 
 @pytest.fixture(scope="module")
 def manifest():
-    if not os.path.exists(MANIFEST_PATH):
-        pytest.skip(f"official_state_dict_manifest.json not found at {MANIFEST_PATH}")
-    with open(MANIFEST_PATH) as f:
-        return json.load(f)
+    return official_manifest()
 
 
 @pytest.fixture(scope="module")

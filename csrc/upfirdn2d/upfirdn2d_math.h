@@ -1,5 +1,5 @@
 // Index math and per-output-element arithmetic of upfirdn2d, shared by the CPU loop and the CUDA
-// kernel. Along one axis (KERNELS.md section 3):
+// kernel. Along one axis (docs/kernels.md section 3):
 //   u[t] = x[t / up] if t % up == 0 else 0          (zero insertion, length in * up)
 //   p[t] = u[t - pad0]                               (negative pads crop)
 //   out[o] = sum_k p[o * down + k] * kernel[K - 1 - k]   (true convolution, then keep every down-th)

@@ -1,4 +1,4 @@
-"""The official StyleSDF LMDB layout (reference/STYLESDF.md section 5) and an atomic writer for it.
+"""The official StyleSDF LMDB layout (docs/official.md section 5) and an atomic writer for it.
 
 An LMDB environment (a directory holding data.mdb and lock.mdb) with
     "{size}-{index:05d}"  PNG-encoded RGB image `index` at size x size (e.g. b"1024-00042")

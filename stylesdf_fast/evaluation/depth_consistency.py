@@ -7,7 +7,7 @@ R x R render:
 - Surface points: P_A [R*R, 3], the world point each pixel sees (the renderer's expected surface
   point `xyz`), with a foreground mask F_A [R*R] (pixels that hit the object, not the background).
   Pixel k is row k // R, column k % R (row-major, as `xyz[b].permute(1, 2, 0).reshape(-1, 3)`).
-- Camera model: the renderer's (reference/STYLESDF.md 1.6, 1.7; `models.renderer.camera_rays`).
+- Camera model: the renderer's (docs/official.md sections 1.6, 1.7; `models.renderer.camera_rays`).
   Pixel centre (i, j) (i the column, j the row, both at k + 0.5) looks along the camera-frame
   direction ((i - R/2)/f, -(j - R/2)/f, -1); the world direction is R_c2w @ dir from the camera
   position c2w[:, 3]. `project_points` inverts this: a point with camera-frame coordinates

@@ -2,10 +2,10 @@
 
 The surface renderer samples the SDF on a frustum grid: sdf [H, W, S] with rows top -> bottom,
 columns left -> right and S samples per ray from near to far (offset sampling, depth
-near + (far - near) k / S for sample k, the inference default; reference/STYLESDF.md 1.6).
+near + (far - near) k / S for sample k, the inference default; docs/official.md section 1.6).
 `frustum_to_box` resamples that frustum into an axis-aligned box exactly as the official
 `utils.align_volume` does, and `marching_cubes_mesh` runs marching cubes on the box and maps the
-vertices back to 3D (reference/STYLESDF.md section 6).
+vertices back to 3D (docs/official.md section 6.2).
 
 Coordinate frames used here:
   * box indices (column, row, sample): marching cubes' vertex coordinates, fractional;

@@ -1,6 +1,6 @@
 """Sampling a trained StyleSDF generator: latents, views, images, thumbnails and surfaces.
 
-Inference follows the official scripts (reference/STYLESDF.md section 6): static view directions,
+Inference follows the official scripts (docs/official.md section 6.1): static view directions,
 force_background, no depth jitter, truncation psi toward the mean of 10,000 mapped latents, fixed
 noise buffers (so every view of an identity has the same decoder noise). Surfaces (depth maps, points,
 SDF volumes for marching cubes) come from a second renderer sharing the generator's weights, at its
@@ -70,7 +70,7 @@ class SurfaceRender:
 
 def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", *,
                impl: str = "auto") -> LoadedModel:
-    """g_ema of an official StyleSDF checkpoint or one of ours (reference/STYLESDF.md section 2), with
+    """g_ema of an official StyleSDF checkpoint or one of ours (docs/official.md section 2), with
     the camera settings it was trained with (ours store them; official ones use the FFHQ defaults).
     Raises FileNotFoundError for a missing file, ValueError for a file that is not StyleSDF."""
     generator = load_generator(path, device, impl=impl)

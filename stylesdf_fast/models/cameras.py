@@ -1,4 +1,4 @@
-"""The StyleSDF camera model (reference/STYLESDF.md 1.6, 1.7 and 6).
+"""The StyleSDF camera model (docs/official.md sections 1.6, 1.7 and 6).
 
 Every camera sits on the unit sphere and looks at the origin. A pose is (azimuth a, elevation e) in
 radians; the camera position is (cos e sin a, sin e, cos e cos a), so (0, 0) is the frontal camera at

@@ -1,7 +1,7 @@
 """The official StyleSDF 2D StyleGAN2 decoder (`Generator.decoder`): mapping network + upsampling
 styled convolutions from the renderer's 64x64 feature map to the full-resolution image.
 
-Attributes and buffers match the official state_dict under the `decoder.` prefix (STYLESDF.md 1.3,
+Attributes and buffers match the official state_dict under the `decoder.` prefix (docs/official.md sections 1.3,
 1.8, 2.3), and parameters are created in the official order. Shape legend: B batch, C channels,
 H/W height/width, L = n_latent W+ latents, D = decoder style dimension (2 x style_dim = 512).
 """

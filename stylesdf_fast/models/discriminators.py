@@ -1,9 +1,9 @@
 """The official StyleSDF discriminators, key-compatible with their checkpoints.
 
 - `Discriminator`: the StyleGAN2 residual discriminator of stage 2 (full-resolution images,
-  minibatch stddev), STYLESDF.md 1.10 / 2.4.
+  minibatch stddev), docs/official.md sections 1.10 / 2.4.
 - `VolumeRenderDiscriminator`: the stage-1 CoordConv discriminator of 64x64 renderer images, with
-  the viewpoint head that predicts (azimuth, elevation), STYLESDF.md 1.9 / 2.4.
+  the viewpoint head that predicts (azimuth, elevation), docs/official.md sections 1.9 / 2.4.
 
 Parameters are created in the official order, so a seeded initialisation makes the official's draws.
 Shape legend: B batch, C channels, H/W height/width.

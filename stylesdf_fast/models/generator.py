@@ -21,7 +21,7 @@ class Generator(nn.Module):
     """z [B, 256] -> renderer mapping -> w_r -> 64x64 SDF volume render (thumbnail + 256 features) ->
     StyleGAN2 decoder (styles from its own mapping of w_r) -> image [B, 3, size, size].
 
-    State-dict keys and shapes equal the official `g_ema` (STYLESDF.md section 2): 65 keys for the
+    State-dict keys and shapes equal the official `g_ema` (docs/official.md section 2): 65 keys for the
     renderer alone (full_pipeline=False), 166 (size 1024) or 146 (size 512) for the full model.
     Renderer options keep their official meaning (see VolumeFeatureRenderer).
     """

@@ -78,7 +78,7 @@ class _Samples(NamedTuple):
 
 
 class VolumeFeatureRenderer(nn.Module):
-    """FiLM-SIREN SDF volume renderer, one image of out_im_res^2 rays per latent (STYLESDF.md 1.4-1.6).
+    """FiLM-SIREN SDF volume renderer, one image of out_im_res^2 rays per latent (docs/official.md sections 1.4-1.6).
 
     Options (official defaults): n_samples 24 per ray; perturb > 0 jitters the depths (1 in
     training, 0 for inference); offset_sampling (default) vs stratified (`--no_offset_sampling`);
@@ -232,7 +232,7 @@ class VolumeFeatureRenderer(nn.Module):
 
     def mlp_init_pass(self, cam_poses: torch.Tensor, focal: Number, near: Number, far: Number,
                       styles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sphere initialisation (STYLESDF.md 4.1): SDF at stratified samples along the rays and its
+        """Sphere initialisation (docs/official.md section 4.1): SDF at stratified samples along the rays and its
         target |x| - (far - near)/4 (a world sphere of radius 0.06, 0.5 after normalisation).
 
         Returns (sdf [B, H, W, S], target [B, H, W, S]); the loss is L1 between them. Always

@@ -3,7 +3,7 @@
 Module trees, parameter names, initialisation and forward math follow the official `model.py`, so
 that `load_state_dict(official, strict=True)` works; parameters are created in the official order,
 so a seeded initialisation makes the same random draws as the official code. See
-reference/STYLESDF.md 1.3, 1.8, 1.10.
+docs/official.md sections 1.3, 1.8, 1.10.
 
 Every block takes a keyword-only `impl="auto"|"kernel"|"reference"` that is handed to the fused ops
 (fused_leaky_relu, upfirdn2d); `models.impl.set_impl(module, impl)` changes it afterwards on a whole tree.
@@ -29,7 +29,7 @@ STDDEV_EPS = 1e-8
 
 
 def stylegan2_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict:
-    """Channels per resolution of the StyleGAN2 decoder and discriminator (STYLESDF.md 1.8), each
+    """Channels per resolution of the StyleGAN2 decoder and discriminator (docs/official.md section 1.8), each
     capped at channel_max (512, the official network; smaller caps make small CPU models)."""
     for name, value in (("channel_multiplier", channel_multiplier), ("channel_max", channel_max)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

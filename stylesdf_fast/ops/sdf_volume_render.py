@@ -14,7 +14,7 @@ depth, mask = w[..., -1].
 
 The kernel keeps nothing of size rays x samples x channels: the backward re-reads the inputs
 (views, not copies), recomputes each ray's alpha and transmittance, and writes each input gradient
-once, with a division-free reverse scan (KERNELS.md section 1). Gradients reach sdf, rgb, features
+once, with a division-free reverse scan (docs/kernels.md section 1.4). Gradients reach sdf, rgb, features
 and beta, also through out.weights; z_vals and ray_norm are constants.
 
 When sdf, rgb and features are slices of one tensor (StyleSDF's network output raw [..., S, 4 + C]:

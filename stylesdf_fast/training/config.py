@@ -1,6 +1,6 @@
 """Training configuration: one dataclass (a comment per field), named presets, command-line overrides.
 
-Defaults are the official StyleSDF options (reference/STYLESDF.md 3-4). Presets override a few fields:
+Defaults are the official StyleSDF options (docs/official.md sections 3-4). Presets override a few fields:
 `small` (the default: trains both stages on this package's synthetic dataset on a laptop CPU in
 minutes), `ffhq1024` and `afhq512` (the official scripts' settings). Every field is a command-line
 flag `--field value` (`--no-field` for booleans that default to true).

@@ -1,4 +1,4 @@
-"""Every StyleSDF training loss (reference/STYLESDF.md section 3), with the official formulas.
+"""Every StyleSDF training loss (docs/official.md section 3), with the official formulas.
 
 Shape legend: B batch, H/W height/width, S samples per ray, L W+ latents, D latent size.
 """

@@ -8,9 +8,9 @@ chunk's weighted loss, average across ranks, step. The losses are built from los
 Stage 0 (sphere initialisation) trains the stage-1 generator's SDF toward a sphere; stage 1 trains
 the volume renderer against the CoordConv discriminator with the viewpoint, eikonal and minimal-
 surface terms; stage 2 freezes the renderer and trains the StyleGAN2 decoder with lazy R1 and
-path-length regularisation (docs/official_training.md).
+path-length regularisation (docs/official.md sections 4.1-4.2).
 
-How chunk losses add up (config `chunk_losses`, docs/official_training.md has the derivation):
+How chunk losses add up (config `chunk_losses`, docs/official.md section 11.1 has the derivation):
 - "mean" (our default): a step's gradient is the mean over its batch whatever the chunk size, and
   the path-length running mean is updated once per step from the whole path batch.
 - "sum" (the official presets): as the official scripts, each chunk's mean loss is added, so the
