@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 import numpy as np
 import torch
@@ -96,12 +96,12 @@ def rasterize_mesh(vertices: ArrayLike, faces: ArrayLike, c2w: ArrayLike, focal,
     near = _positive_real(fn, "near", near)
     max_candidates = _count(fn, "max_candidates", max_candidates)
     screen, depth = _to_screen(vertices, inverse, position, focal, resolution)      # [V, 2], [V]
+    view = _View(screen[:, 0].contiguous(), screen[:, 1].contiguous(), depth, faces, resolution)
     keys = torch.full((resolution * resolution,), _NO_FACE, dtype=torch.int64, device=vertices.device)
-    boxes = _pixel_boxes(screen, depth, faces, resolution, near)
+    boxes = _pixel_boxes(view, near)
     for start in range(0, boxes.total, max_candidates):
-        _scatter_nearest(keys, boxes, start, min(start + max_candidates, boxes.total), screen, depth, faces,
-                         resolution)
-    return _fragments(keys, screen, depth, faces, resolution)
+        _scatter_nearest(keys, boxes, start, min(start + max_candidates, boxes.total), view)
+    return _fragments(keys, view)
 
 
 def interpolate_vertex_values(fragments: Fragments, faces: ArrayLike, values: ArrayLike, *,
@@ -154,13 +154,27 @@ def _to_screen(points: torch.Tensor, inverse: torch.Tensor, position: torch.Tens
     return torch.stack([x, y], 1), depth
 
 
+@dataclass
+class _View:
+    """The mesh as one camera sees it, per vertex as 1-D arrays (gathers from them are the fast kind)."""
+    x: torch.Tensor          # [V] column coordinate
+    y: torch.Tensor          # [V] row coordinate
+    depth: torch.Tensor      # [V]
+    faces: torch.Tensor      # [F, 3] int64
+    resolution: int
+
+    def corners(self, values: torch.Tensor, corner_ids: torch.Tensor) -> torch.Tensor:
+        """values [V] at corner_ids [m, 3] -> [m, 3]."""
+        return values.index_select(0, corner_ids.reshape(-1)).view(-1, 3)
+
+
 # --- candidate pixels --------------------------------------------------------------------------------
 
 @dataclass
 class _PixelBoxes:
-    """The faces whose pixel box holds at least one pixel centre, with the boxes' global candidate
-    numbering: face k owns candidates ends[k] - count[k] .. ends[k] - 1."""
-    face: torch.Tensor     # [M] int64 face indices
+    """The faces whose pixel box holds at least one pixel centre, with a global numbering of their
+    (face, pixel) candidates: box k owns candidates ends[k] - count[k] .. ends[k] - 1, row-major."""
+    face: torch.Tensor     # [M] int64 face indices, ascending
     column: torch.Tensor   # [M] first column of the box
     row: torch.Tensor      # [M] first row
     width: torch.Tensor    # [M] columns in the box (>= 1)
@@ -172,22 +186,22 @@ class _PixelBoxes:
         return int(self.ends[-1]) if self.ends.numel() else 0
 
 
-def _pixel_boxes(screen: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, resolution: int,
-                 near: float) -> _PixelBoxes:
+def _pixel_boxes(view: _View, near: float) -> _PixelBoxes:
     """Boxes of the pixel centres each face may cover, for faces in front of `near` and on screen."""
     parts = []
+    faces = view.faces
     for start in range(0, max(faces.shape[0], 1), FACE_CHUNK):   # one (empty) step without faces
-        index = torch.arange(start, min(start + FACE_CHUNK, faces.shape[0]), device=faces.device)   # [n]
-        corners = faces[index]                                                     # [n, 3]
-        xy = screen[corners]                                                       # [n, 3, 2]
-        in_front = (depth[corners] > near).all(1)
-        low, high = xy.amin(1), xy.amax(1)                                         # [n, 2]
+        corner_ids = faces[start:start + FACE_CHUNK]                              # [n, 3]
+        xs, ys = view.corners(view.x, corner_ids), view.corners(view.y, corner_ids)   # [n, 3]
+        in_front = (view.corners(view.depth, corner_ids) > near).all(1)
+        low = torch.stack([xs.amin(1), ys.amin(1)], 1)                             # [n, 2] (x, y)
+        high = torch.stack([xs.amax(1), ys.amax(1)], 1)
         # pixel c's centre c + 0.5 lies in [low, high] for c in [ceil(low - 0.5), floor(high - 0.5)]
-        first = torch.ceil(low - 0.5).clamp(0, resolution).long()                 # [n, 2] (column, row)
-        last = torch.floor(high - 0.5).clamp(-1, resolution - 1).long()
+        first = torch.ceil(low - 0.5).clamp(0, view.resolution).long()            # [n, 2] (column, row)
+        last = torch.floor(high - 0.5).clamp(-1, view.resolution - 1).long()
         size = (last - first + 1).clamp(min=0)                                     # [n, 2]
-        keep = in_front & (size > 0).all(1)
-        parts.append((index[keep], first[keep], size[keep]))
+        keep = torch.nonzero(in_front & (size > 0).all(1))[:, 0]                   # [n']
+        parts.append((keep + start, first.index_select(0, keep), size.index_select(0, keep)))
     face = torch.cat([p[0] for p in parts])
     first = torch.cat([p[1] for p in parts])
     size = torch.cat([p[2] for p in parts])
@@ -195,67 +209,88 @@ def _pixel_boxes(screen: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor,
     return _PixelBoxes(face, first[:, 0], first[:, 1], size[:, 0], count, torch.cumsum(count, 0))
 
 
-def _scatter_nearest(keys: torch.Tensor, boxes: _PixelBoxes, start: int, stop: int, screen: torch.Tensor,
-                     depth: torch.Tensor, faces: torch.Tensor, resolution: int) -> None:
-    """Candidates start .. stop - 1: inside test, depth, then keys[pixel] = min(keys[pixel], key)."""
-    candidate = torch.arange(start, stop, device=keys.device)                      # [N] global numbers
-    owner = torch.searchsorted(boxes.ends, candidate, right=True)                  # [N] index into boxes
-    offset = candidate - (boxes.ends[owner] - boxes.count[owner])                  # [N] 0 .. count - 1
-    width = boxes.width[owner]
-    column = boxes.column[owner] + offset % width
-    row = boxes.row[owner] + offset // width
-    face = boxes.face[owner]                                                       # [N]
-    edges = _edge_functions(screen, faces[face], column, row)                      # [N, 3]
-    inside = (((edges >= 0).all(1) | (edges <= 0).all(1)) & (edges.sum(1) != 0))
-    edges, face, corners = edges[inside], face[inside], faces[face[inside]]
-    weights, pixel_depth = _perspective_weights(edges, depth[corners])
-    key = (pixel_depth.float().view(torch.int32).long() << _FACE_BITS) | face
-    pixel = row[inside] * resolution + column[inside]
+def _scatter_nearest(keys: torch.Tensor, boxes: _PixelBoxes, start: int, stop: int, view: _View) -> None:
+    """Candidates start .. stop - 1: inside test, depth, then keys[pixel] = min(keys[pixel], key).
+    Their owners are a contiguous run of boxes (a box may continue from / into the next chunk)."""
+    bounds = torch.tensor([start, stop - 1], device=keys.device)
+    first, last = torch.searchsorted(boxes.ends, bounds, right=True).tolist()
+    owners = slice(first, last + 1)
+    begin = boxes.ends[owners] - boxes.count[owners]                              # [m] each box's first candidate
+    taken = boxes.ends[owners].clamp(max=stop) - begin.clamp(min=start)           # [m] candidates here
+    per_owner = [begin, boxes.column[owners], boxes.row[owners], boxes.width[owners], boxes.face[owners]]
+    edges = _edge_data(view, per_owner[4])
+    if begin.shape[0] != stop - start:                                             # some box has several candidates
+        local = torch.repeat_interleave(torch.arange(begin.shape[0], device=keys.device), taken)   # [N]
+        per_owner = [t.index_select(0, local) for t in per_owner]
+        edges = _Edges(*(t.index_select(0, local) for t in edges))
+    begin, column, row, width, face = per_owner                                    # [N] each
+    offset = torch.arange(start, stop, device=keys.device) - begin                 # [N] 0 .. count - 1
+    column = column + offset % width
+    row = row + offset // width
+    edge_values = _edge_functions(edges, column, row)                              # [N, 3]
+    inside = torch.nonzero(((edge_values >= 0).all(1) | (edge_values <= 0).all(1))
+                           & (edge_values.sum(1) != 0))[:, 0]
+    _, pixel_depth = _perspective_weights(edge_values.index_select(0, inside),
+                                          edges.inverse_depth.index_select(0, inside))
+    key = (pixel_depth.float().view(torch.int32).long() << _FACE_BITS) | face.index_select(0, inside)
+    pixel = (row * view.resolution + column).index_select(0, inside)
     keys.scatter_reduce_(0, pixel, key, reduce="amin")
 
 
-def _edge_functions(screen: torch.Tensor, corners: torch.Tensor, column: torch.Tensor,
-                    row: torch.Tensor) -> torch.Tensor:
-    """Edge functions [N, 3] of triangles corners [N, 3] (vertex indices) at pixel centres (column,
-    row) [N]: entry k is twice the signed area of (corner k+1, corner k+2, centre), so the three sum to
-    twice the triangle's signed area and entry k / sum is the centre's screen-space barycentric weight
-    of corner k. Each edge is evaluated from its lower-index endpoint (then the sign is restored), so
-    faces sharing an edge get bit-identical values for it."""
-    px = column.to(screen.dtype) + 0.5                                            # [N]
-    py = row.to(screen.dtype) + 0.5
-    out = []
-    for k in range(3):
-        a, b = corners[:, (k + 1) % 3], corners[:, (k + 2) % 3]                   # the edge opposite corner k
-        swap = a > b
-        low, high = torch.where(swap, b, a), torch.where(swap, a, b)
-        u, v = screen[low], screen[high]                                           # [N, 2]
-        cross = (v[:, 0] - u[:, 0]) * (py - u[:, 1]) - (v[:, 1] - u[:, 1]) * (px - u[:, 0])
-        out.append(torch.where(swap, -cross, cross))
-    return torch.stack(out, 1)
+class _Edges(NamedTuple):
+    """Per face and corner k, [m, 3] each: the edge opposite corner k, from its lower-index endpoint u
+    to the other, v (e = v - u; sign -1 when that reverses the face's own order k+1 -> k+2, so faces
+    sharing an edge get the same u and e for it, bit for bit), and 1 / depth of corner k."""
+    ux: torch.Tensor
+    uy: torch.Tensor
+    ex: torch.Tensor
+    ey: torch.Tensor
+    sign: torch.Tensor
+    inverse_depth: torch.Tensor
 
 
-def _perspective_weights(edges: torch.Tensor, corner_depth: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Screen-space edge functions [N, 3] of centres inside their faces and the corners' depths [N, 3] ->
+def _edge_data(view: _View, face: torch.Tensor) -> _Edges:
+    """_Edges of faces [m]."""
+    corner_ids = view.faces.index_select(0, face)                                  # [m, 3]
+    a, b = corner_ids.roll(-1, 1), corner_ids.roll(-2, 1)                          # [m, 3]: corners k+1, k+2
+    swap = a > b
+    low, high = torch.where(swap, b, a), torch.where(swap, a, b)
+    ux, uy = view.corners(view.x, low), view.corners(view.y, low)
+    ex, ey = view.corners(view.x, high) - ux, view.corners(view.y, high) - uy
+    sign = 1.0 - 2.0 * swap.to(ux.dtype)
+    return _Edges(ux, uy, ex, ey, sign, 1.0 / view.corners(view.depth, corner_ids))
+
+
+def _edge_functions(edges: _Edges, column: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """Edge functions [N, 3] of faces (their _Edges) at pixel centres (column, row) [N]: entry k
+    is twice the signed area of (corner k+1, corner k+2, centre), so the three sum to twice the face's
+    signed area and entry k / sum is the centre's screen-space barycentric weight of corner k."""
+    px = (column.to(edges.ux.dtype) + 0.5)[:, None]                                # [N, 1]
+    py = (row.to(edges.ux.dtype) + 0.5)[:, None]
+    return edges.sign * (edges.ex * (py - edges.uy) - edges.ey * (px - edges.ux))
+
+
+def _perspective_weights(edge_values: torch.Tensor, inverse_depth: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Edge functions [N, 3] of centres inside their faces and the corners' 1 / depth [N, 3] ->
     (perspective-correct weights [N, 3], depth [N]): 1 / depth is linear in screen space."""
-    screen_weights = edges / edges.sum(1, keepdim=True)                             # [N, 3], >= 0
-    scaled = screen_weights / corner_depth                                         # [N, 3]
-    inverse_depth = scaled.sum(1, keepdim=True)                                    # [N, 1]
-    return scaled / inverse_depth, 1.0 / inverse_depth[:, 0]
+    screen_weights = edge_values / edge_values.sum(1, keepdim=True)                # [N, 3], >= 0
+    scaled = screen_weights * inverse_depth                                        # [N, 3]
+    total = scaled.sum(1, keepdim=True)                                            # [N, 1]: 1 / depth at the centre
+    return scaled / total, 1.0 / total[:, 0]
 
 
-def _fragments(keys: torch.Tensor, screen: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor,
-               resolution: int) -> Fragments:
+def _fragments(keys: torch.Tensor, view: _View) -> Fragments:
     """The z-buffer keys [r*r] -> Fragments: the winning face of each covered pixel and its weights."""
-    covered = keys != _NO_FACE                                                     # [r*r]
-    pixel = torch.nonzero(covered)[:, 0]                                           # [P]
-    face = keys[pixel] & ((1 << _FACE_BITS) - 1)                                   # [P]
-    corners = faces[face]                                                          # [P, 3]
-    edges = _edge_functions(screen, corners, pixel % resolution, pixel // resolution)
-    weights, pixel_depth = _perspective_weights(edges, depth[corners])
+    resolution = view.resolution
+    pixel = torch.nonzero(keys != _NO_FACE)[:, 0]                                  # [P]
+    face = keys.index_select(0, pixel) & ((1 << _FACE_BITS) - 1)                   # [P]
+    edges = _edge_data(view, face)
+    weights, pixel_depth = _perspective_weights(_edge_functions(edges, pixel % resolution, pixel // resolution),
+                                                edges.inverse_depth)
     count = resolution * resolution
     face_index = torch.full((count,), -1, dtype=torch.int64, device=keys.device)
-    all_weights = torch.zeros(count, 3, dtype=screen.dtype, device=keys.device)
-    all_depth = torch.full((count,), float("inf"), dtype=screen.dtype, device=keys.device)
+    all_weights = torch.zeros(count, 3, dtype=view.x.dtype, device=keys.device)
+    all_depth = torch.full((count,), float("inf"), dtype=view.x.dtype, device=keys.device)
     face_index[pixel], all_weights[pixel], all_depth[pixel] = face, weights, pixel_depth
     shape = (resolution, resolution)
     return Fragments(face_index.reshape(shape), all_weights.reshape(*shape, 3), all_depth.reshape(shape))
