@@ -43,7 +43,7 @@ __all__ = ["Fragments", "DEFAULT_NEAR", "DEFAULT_MAX_CANDIDATES", "project_point
            "interpolate_vertex_values", "rasterize_vertex_values"]
 
 DEFAULT_NEAR = 1e-6                # faces with a vertex closer than this (or behind the camera) are skipped
-DEFAULT_MAX_CANDIDATES = 1 << 20   # (face, pixel) pairs per chunk: ~100 MB of temporaries
+DEFAULT_MAX_CANDIDATES = 1 << 18   # (face, pixel) pairs per chunk: ~120 MB of temporaries
 FACE_CHUNK = 1 << 20               # faces boxed per step
 _NO_FACE = torch.iinfo(torch.int64).max
 _FACE_BITS = 32                    # low bits of a z-buffer key: the face index
@@ -101,7 +101,7 @@ def rasterize_mesh(vertices: ArrayLike, faces: ArrayLike, c2w: ArrayLike, focal,
     boxes = _pixel_boxes(view, near)
     for start in range(0, boxes.total, max_candidates):
         _scatter_nearest(keys, boxes, start, min(start + max_candidates, boxes.total), view)
-    return _fragments(keys, view)
+    return _fragments(keys, view, max_candidates)
 
 
 def interpolate_vertex_values(fragments: Fragments, faces: ArrayLike, values: ArrayLike, *,
@@ -279,21 +279,23 @@ def _perspective_weights(edge_values: torch.Tensor, inverse_depth: torch.Tensor)
     return scaled / total, 1.0 / total[:, 0]
 
 
-def _fragments(keys: torch.Tensor, view: _View) -> Fragments:
-    """The z-buffer keys [r*r] -> Fragments: the winning face of each covered pixel and its weights."""
-    resolution = view.resolution
-    pixel = torch.nonzero(keys != _NO_FACE)[:, 0]                                  # [P]
-    face = keys.index_select(0, pixel) & ((1 << _FACE_BITS) - 1)                   # [P]
-    edges = _edge_data(view, face)
-    weights, pixel_depth = _perspective_weights(_edge_functions(edges, pixel % resolution, pixel // resolution),
-                                                edges.inverse_depth)
-    count = resolution * resolution
+def _fragments(keys: torch.Tensor, view: _View, max_candidates: int) -> Fragments:
+    """The z-buffer keys [r*r] -> Fragments: the winning face of each covered pixel and its weights,
+    max_candidates pixels at a time."""
+    resolution, count = view.resolution, view.resolution * view.resolution
     face_index = torch.full((count,), -1, dtype=torch.int64, device=keys.device)
-    all_weights = torch.zeros(count, 3, dtype=view.x.dtype, device=keys.device)
-    all_depth = torch.full((count,), float("inf"), dtype=view.x.dtype, device=keys.device)
-    face_index[pixel], all_weights[pixel], all_depth[pixel] = face, weights, pixel_depth
+    weights = torch.zeros(count, 3, dtype=view.x.dtype, device=keys.device)
+    depth = torch.full((count,), float("inf"), dtype=view.x.dtype, device=keys.device)
+    covered = torch.nonzero(keys != _NO_FACE)[:, 0]                                # [P]
+    for start in range(0, covered.shape[0], max_candidates):
+        pixel = covered[start:start + max_candidates]
+        face = keys.index_select(0, pixel) & ((1 << _FACE_BITS) - 1)
+        edges = _edge_data(view, face)
+        edge_values = _edge_functions(edges, pixel % resolution, pixel // resolution)
+        weights[pixel], depth[pixel] = _perspective_weights(edge_values, edges.inverse_depth)
+        face_index[pixel] = face
     shape = (resolution, resolution)
-    return Fragments(face_index.reshape(shape), all_weights.reshape(*shape, 3), all_depth.reshape(shape))
+    return Fragments(face_index.reshape(shape), weights.reshape(*shape, 3), depth.reshape(shape))
 
 
 # --- argument checks ---------------------------------------------------------------------------------
@@ -334,6 +336,8 @@ def _faces(fn: str, value, vertex_count: int, device) -> torch.Tensor:
         raise TypeError(f"{fn}: faces must hold integer vertex indices, got dtype {faces.dtype}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"{fn}: faces must be [F, 3], got shape {tuple(faces.shape)}")
+    if faces.shape[0] >= 1 << _FACE_BITS:   # the z-buffer keys hold face indices in their low 32 bits
+        raise ValueError(f"{fn}: at most {(1 << _FACE_BITS) - 1} faces, got {faces.shape[0]}")
     faces = faces.long()
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= vertex_count):
         raise ValueError(f"{fn}: faces must index vertices in [0, {vertex_count}), got indices "
