@@ -12,7 +12,7 @@ import trimesh
 
 from stylesdf_fast import render_video
 from stylesdf_fast.generation import identity_latents, load_mesh, load_model, render_surface, renderer_latents
-from stylesdf_fast.generation.mesh import Mesh
+from stylesdf_fast.generation.mesh import Mesh, marching_cubes_mesh
 from stylesdf_fast.generation.noise_projection import NoiseProjector, subdivide_mesh, subdivision_level
 from stylesdf_fast.generation.rasterize import (Fragments, interpolate_vertex_values, project_points, rasterize_mesh,
                                                 rasterize_vertex_values)
@@ -249,6 +249,36 @@ def test_surface_points_of_the_volume_renderer_project_onto_their_pixels(tiny_fu
     i, j = pixel_grid(12)
     torch.testing.assert_close(pixel, torch.stack([i.reshape(-1), j.reshape(-1)], 1), rtol=0, atol=1e-3)
     torch.testing.assert_close(depth, surface.depth[0].reshape(-1), rtol=0, atol=1e-5)
+
+
+def test_marching_cubes_mesh_of_a_sphere_rasterises_where_the_rays_hit_it():
+    """The whole geometric chain without a network: a sphere's SDF sampled on the frontal camera's
+    frustum grid (as the surface renderer samples it), marching cubes placed in world coordinates
+    (mesh.marching_cubes_mesh, as extract_mesh), rasterised from other cameras: coverage equals the
+    analytic ray-sphere hits away from the silhouette and the depth is the hit's depth."""
+    radius = 0.08
+
+    def rays(resolution, angles):
+        cams = generate_camera_params(resolution, "cpu", locations=torch.tensor([angles], dtype=F64), dtype=F64)
+        i, j = pixel_grid(resolution, dtype=F64)
+        origins, directions, _ = camera_rays(cams.c2w, cams.focal, i, j, resolution)
+        return cams, origins[0], directions[0]                                      # [r, r, 3] each
+
+    cams, origins, directions = rays(32, [0.0, 0.0])
+    depths = 0.88 + 0.24 * torch.arange(32, dtype=F64) / 32                          # offset sampling
+    samples = origins[:, :, None] + directions[:, :, None] * depths[:, None]         # [H, W, S, 3]
+    mesh = marching_cubes_mesh(samples.norm(dim=-1) - radius, 0.88, 1.12, focal=cams.focal[0], c2w=cams.c2w[0])
+    for angles in ([0.0, 0.0], [0.3, -0.15]):
+        cams, origins, directions = rays(24, angles)
+        fragments = rasterize_mesh(mesh.vertices, mesh.faces, cams.c2w[0], cams.focal[0], 24)
+        a, b = (directions * directions).sum(-1), 2 * (origins * directions).sum(-1)
+        discriminant = b * b - 4 * a * ((origins * origins).sum(-1) - radius ** 2)
+        hit = discriminant > 0
+        hit_depth = (-b - discriminant.clamp(min=0).sqrt()) / (2 * a)                 # directions have z = -1
+        miss_distance = torch.linalg.cross(origins, directions, dim=-1).norm(dim=-1) / directions.norm(dim=-1)
+        clear = (miss_distance - radius).abs() > 0.004                               # half a voxel off the silhouette
+        assert torch.equal(fragments.covered[clear], hit[clear]) and int(hit.sum()) > 100
+        assert (fragments.depth[hit & clear] - hit_depth[hit & clear]).abs().max() < 2e-3
 
 
 def test_faces_behind_the_camera_or_off_screen_are_skipped():
