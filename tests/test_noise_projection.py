@@ -420,6 +420,10 @@ def test_projector_bad_inputs():
         NoiseProjector(Mesh(np.zeros((3, 3)), np.zeros((0, 3), dtype=np.int64)), decoder)
     with pytest.raises(TypeError, match="NoiseProjector: decoder must be the generator's Decoder.*renderer-only"):
         NoiseProjector(sphere_mesh(0), None)
+    with pytest.raises(TypeError, match="NoiseProjector: seed must be an int, got 1.5"):
+        NoiseProjector(sphere_mesh(0), decoder, seed=1.5)
+    with pytest.raises(ValueError, match="NoiseProjector: max_candidates must be an int >= 1, got 0"):
+        NoiseProjector(sphere_mesh(0), decoder, max_candidates=0)
     projector = NoiseProjector(sphere_mesh(0), decoder)
     cams = generate_camera_params(16, "cpu", batch=2)
     with pytest.raises(ValueError, match=r"NoiseProjector: c2w must be a tensor \[B, 3, 4\]"):

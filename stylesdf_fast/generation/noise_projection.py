@@ -83,6 +83,8 @@ class NoiseProjector:
                             f"{type(decoder).__name__}; a renderer-only model has no decoder noise")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
+        if isinstance(max_candidates, bool) or not isinstance(max_candidates, numbers.Integral) or max_candidates < 1:
+            raise ValueError(f"{fn}: max_candidates must be an int >= 1, got {max_candidates!r}")
         self.fixed_noise: List[torch.Tensor] = decoder.noise_list(randomize_noise=False)   # [1, 1, r_k, r_k] each
         self.device = self.fixed_noise[0].device
         self.resolutions = [int(noise.shape[-1]) for noise in self.fixed_noise]
