@@ -324,6 +324,8 @@ def test_rasteriser_bad_inputs():
         rasterize_mesh(vertices, faces, c2w, focal, 0)
     with pytest.raises(ValueError, match="rasterize_mesh: max_candidates must be an int >= 1, got 0"):
         rasterize_mesh(vertices, faces, c2w, focal, 8, max_candidates=0)
+    with pytest.raises(ValueError, match=r"rasterize_vertex_values: values must have one row per vertex \(3\), got 4"):
+        rasterize_vertex_values(vertices, faces, torch.zeros(4), c2w, focal, 8)
     fragments = rasterize_mesh(vertices.double(), faces, c2w, focal, 8)
     with pytest.raises(TypeError, match="interpolate_vertex_values: values must be floating point"):
         interpolate_vertex_values(fragments, faces, torch.arange(3))

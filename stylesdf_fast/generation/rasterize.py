@@ -135,6 +135,10 @@ def rasterize_vertex_values(vertices: ArrayLike, faces: ArrayLike, values: Array
                             max_candidates: int = DEFAULT_MAX_CANDIDATES,
                             background: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """rasterize_mesh + interpolate_vertex_values: (values image [r, r] or [K, r, r], coverage [r, r] bool)."""
+    vertex_count, value_count = len(vertices), len(values)
+    if vertex_count != value_count:
+        raise ValueError(f"rasterize_vertex_values: values must have one row per vertex ({vertex_count}), got "
+                         f"{value_count}")
     fragments = rasterize_mesh(vertices, faces, c2w, focal, resolution, near=near, max_candidates=max_candidates)
     image = interpolate_vertex_values(fragments, faces, values, background=background)
     return image, fragments.covered
