@@ -9,8 +9,11 @@ stylesdf_fast.generate` and `python -m stylesdf_fast.render_video` are thin laye
     w = renderer_latents(model.generator, z, 0.5, truncation_centres(model.generator, 0.5))
     mesh = extract_mesh(model, w[0])                                # Mesh: vertices [V, 3], faces [F, 3]
     save_mesh(mesh, "identity0.ply")
+    projector = NoiseProjector(mesh, model.generator.decoder, seed=0)  # geometry-aware decoder noise
 """
 from .mesh import Mesh, NoSurfaceError, depth_map_mesh, frustum_to_box, load_mesh, marching_cubes_mesh, save_mesh
+from .noise_projection import NoiseProjector, subdivide_mesh, subdivision_level
+from .rasterize import Fragments, interpolate_vertex_values, project_points, rasterize_mesh, rasterize_vertex_values
 from .sampling import (CameraSettings, LoadedModel, SurfaceRender, generate_images, identity_latents, iter_images,
                        load_model, render_surface, renderer_latents, to_uint8, truncation_centres, view_angles,
                        view_cameras)
@@ -21,4 +24,5 @@ __all__ = ["CameraSettings", "LoadedModel", "SurfaceRender", "generate_images", 
            "load_model", "render_surface", "renderer_latents", "to_uint8", "truncation_centres", "view_angles",
            "view_cameras", "Mesh", "NoSurfaceError", "depth_map_mesh", "frustum_to_box", "load_mesh",
            "marching_cubes_mesh", "save_mesh", "depth_mesh", "extract_mesh", "vertex_colors", "colorize_depth",
-           "shade_normals", "video_info", "write_video"]
+           "shade_normals", "video_info", "write_video", "NoiseProjector", "subdivide_mesh", "subdivision_level",
+           "Fragments", "interpolate_vertex_values", "project_points", "rasterize_mesh", "rasterize_vertex_values"]
