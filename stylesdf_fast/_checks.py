@@ -19,9 +19,9 @@ __all__ = ["real", "positive", "count", "int_pair", "check_number", "check_tenso
 
 def real(fn: str, name: str, value, *, low: Optional[float] = None, low_inclusive: bool = True,
          high: Optional[float] = None, allow_tensor: bool = False) -> float:
-    """A finite real number (not a bool; a one-element tensor too when allow_tensor), optionally
-    low <= value (low < value when not low_inclusive) and value < high."""
-    if allow_tensor and isinstance(value, torch.Tensor) and value.numel() == 1:
+    """A finite real number (not a bool; a one-element tensor or array too when allow_tensor),
+    optionally low <= value (low < value when not low_inclusive) and value < high."""
+    if allow_tensor and _one_element(value):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "a real number (or a one-element tensor)" if allow_tensor else "a real number"
@@ -34,6 +34,10 @@ def real(fn: str, name: str, value, *, low: Optional[float] = None, low_inclusiv
     if high is not None and value >= high:
         raise ValueError(f"{fn}: {name} must be < {high}, got {value}")
     return value
+
+
+def _one_element(value) -> bool:
+    return (isinstance(value, torch.Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1)
 
 
 def positive(fn: str, name: str, value, *, allow_tensor: bool = False) -> float:

@@ -160,7 +160,7 @@ def _frames(model: LoadedModel, args, z: torch.Tensor, angles: torch.Tensor, cen
     from tqdm import tqdm
 
     generator = model.generator
-    device = generator.renderer.sigmoid_beta.device
+    device = generator.renderer.device
     with tqdm(total=angles.shape[0], desc=label, unit="frame", dynamic_ncols=True) as bar:
         for start in range(0, angles.shape[0], args.batch_size):
             part = angles[start:start + args.batch_size]

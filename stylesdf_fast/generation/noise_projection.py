@@ -29,6 +29,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from .._checks import count
+
 from .mesh import Mesh
 from .rasterize import DEFAULT_MAX_CANDIDATES, interpolate_vertex_values, rasterize_mesh
 
@@ -38,8 +40,7 @@ __all__ = ["NoiseProjector", "subdivision_level", "subdivide_mesh"]
 def subdivision_level(resolution: int) -> int:
     """Midpoint subdivisions of the mesh for a noise layer of `resolution` px: 0 up to 128, 1 up to 256,
     3 above (the official rule: a 128^3 marching-cubes mesh has faces of about a pixel at 128 px)."""
-    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
-        raise ValueError(f"subdivision_level: resolution must be an int >= 1, got {resolution!r}")
+    resolution = count("subdivision_level", "resolution", resolution, minimum=1)
     if resolution <= 128:
         return 0
     return 1 if resolution <= 256 else 3
@@ -81,10 +82,8 @@ class NoiseProjector:
         if decoder is None or not hasattr(decoder, "noise_list"):
             raise TypeError(f"{fn}: decoder must be the generator's Decoder (generator.decoder), got "
                             f"{type(decoder).__name__}; a renderer-only model has no decoder noise")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"{fn}: seed must be an int, got {seed!r}")
-        if isinstance(max_candidates, bool) or not isinstance(max_candidates, numbers.Integral) or max_candidates < 1:
-            raise ValueError(f"{fn}: max_candidates must be an int >= 1, got {max_candidates!r}")
+        seed = count(fn, "seed", seed, minimum=-2**63)
+        max_candidates = count(fn, "max_candidates", max_candidates, minimum=1)
         self.fixed_noise: List[torch.Tensor] = decoder.noise_list(randomize_noise=False)   # [1, 1, r_k, r_k] each
         self.device = self.fixed_noise[0].device
         self.resolutions = [int(noise.shape[-1]) for noise in self.fixed_noise]
@@ -147,9 +146,7 @@ class NoiseProjector:
         if not isinstance(c2w, torch.Tensor) or c2w.dim() != 3 or tuple(c2w.shape[1:]) != (3, 4):
             got = tuple(c2w.shape) if isinstance(c2w, torch.Tensor) else type(c2w).__name__
             raise ValueError(f"{fn}: c2w must be a tensor [B, 3, 4] of camera-to-world matrices, got {got}")
-        if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
-            raise ValueError(f"{fn}: resolution (the image width focal is given for) must be an int >= 1, "
-                             f"got {resolution!r}")
+        resolution = count(fn, "resolution (the image width focal is given for)", resolution, minimum=1)
         focal = torch.as_tensor(focal, dtype=torch.float64).detach().cpu().reshape(-1)
         if focal.numel() == 1:
             focal = focal.expand(c2w.shape[0])

@@ -32,12 +32,13 @@ Legend: V vertices, F faces, K value channels, r resolution (pixels per side), N
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import NamedTuple, Tuple, Union
 
 import numpy as np
 import torch
+
+from .._checks import count, positive
 
 __all__ = ["Fragments", "DEFAULT_NEAR", "DEFAULT_MAX_CANDIDATES", "project_points", "rasterize_mesh",
            "interpolate_vertex_values", "rasterize_vertex_values"]
@@ -73,7 +74,7 @@ def project_points(points: ArrayLike, c2w: ArrayLike, focal, resolution: int) ->
     fn = "project_points"
     points = _vertices(fn, points, name="points")
     inverse, position = _camera(fn, c2w, points)
-    return _to_screen(points, inverse, position, _positive_real(fn, "focal", focal), _resolution(fn, resolution))
+    return _to_screen(points, inverse, position, positive(fn, "focal", focal, allow_tensor=True), count(fn, "resolution", resolution, minimum=1))
 
 
 @torch.no_grad()
@@ -91,10 +92,10 @@ def rasterize_mesh(vertices: ArrayLike, faces: ArrayLike, c2w: ArrayLike, focal,
     vertices = _vertices(fn, vertices)
     faces = _faces(fn, faces, vertices.shape[0], vertices.device)
     inverse, position = _camera(fn, c2w, vertices)
-    focal = _positive_real(fn, "focal", focal)
-    resolution = _resolution(fn, resolution)
-    near = _positive_real(fn, "near", near)
-    max_candidates = _count(fn, "max_candidates", max_candidates)
+    focal = positive(fn, "focal", focal, allow_tensor=True)
+    resolution = count(fn, "resolution", resolution, minimum=1)
+    near = positive(fn, "near", near, allow_tensor=True)
+    max_candidates = count(fn, "max_candidates", max_candidates, minimum=1)
     screen, depth = _to_screen(vertices, inverse, position, focal, resolution)      # [V, 2], [V]
     view = _View(screen[:, 0].contiguous(), screen[:, 1].contiguous(), depth, faces, resolution)
     keys = torch.full((resolution * resolution,), _NO_FACE, dtype=torch.int64, device=vertices.device)
@@ -375,29 +376,3 @@ def _camera(fn: str, value, points: torch.Tensor) -> Tuple[torch.Tensor, torch.T
     if abs(float(torch.linalg.det(rotation))) < 1e-12:
         raise ValueError(f"{fn}: c2w's 3 x 3 rotation is singular")
     return torch.linalg.inv(rotation).to(points.dtype), c2w[:, 3].to(points.dtype)
-
-
-def _positive_real(fn: str, name: str, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    elif isinstance(value, np.ndarray) and value.size == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number (or a 1-element tensor), got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{fn}: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _resolution(fn: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: resolution must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{fn}: resolution must be >= 1, got {value}")
-    return int(value)
-
-
-def _count(fn: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
-    return int(value)

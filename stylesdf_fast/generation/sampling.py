@@ -1,8 +1,8 @@
 """Sampling a trained StyleSDF generator: latents, views, images, thumbnails and surfaces.
 
 Inference follows the official scripts (docs/official.md section 6.1): static view directions,
-force_background, no depth jitter, truncation psi toward the mean of 10,000 mapped latents, fixed
-noise buffers (so every view of an identity has the same decoder noise). Surfaces (depth maps, points,
+force_background, no depth jitter, truncation psi toward the mean of 10,000 mapped latents, fresh
+decoder noise per image (generate_images(fixed_noise=True): the stored buffers). Surfaces (depth maps, points,
 SDF volumes for marching cubes) come from a second renderer sharing the generator's weights, at its
 own resolution and samples per ray (128 x 128 rays and 128 samples in the official scripts), rendered
 a band of rows at a time so memory stays bounded on any machine.

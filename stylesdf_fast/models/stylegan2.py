@@ -208,7 +208,8 @@ class ModulatedConv2d(nn.Module):
 
 class NoiseInjection(nn.Module):
     """image + weight * noise, weight a scalar initialised to 0; noise [B or 1, 1, H, W], drawn
-    N(0, 1) per call when None. (The official mesh-projected noise needs PyTorch3D; not here.)"""
+    N(0, 1) per call when None. The official mesh-projected noise of videos is a noise list computed
+    outside (generation/noise_projection.py) and passed in as `noise`."""
 
     def __init__(self):
         super().__init__()
