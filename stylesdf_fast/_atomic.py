@@ -8,6 +8,7 @@ and a full disk included, removes the temporary file and leaves an older file of
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -27,16 +28,23 @@ def _default_file_mode() -> int:
 
 
 def fsync_path(path: PathLike) -> None:
-    """Flush a file's (or a folder's entries') data to disk; folders that cannot be opened are skipped."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) and hasattr(os, "O_DIRECTORY") else 0)
+    """Flush a file's (or a folder's entries') data to disk; folders that cannot be opened are skipped.
+    A file's flush that fails raises (a write error, a full disk or quota can surface only here),
+    unless the file system does not support fsync at all."""
+    folder = os.path.isdir(path)
+    flags = os.O_RDONLY | (os.O_DIRECTORY if folder and hasattr(os, "O_DIRECTORY") else 0)
     try:
         handle = os.open(path, flags)
     except OSError:
+        if not folder:
+            raise
         return
     try:
         os.fsync(handle)
-    except OSError:
-        pass   # some file systems refuse fsync on folders
+    except OSError as error:
+        if not folder and error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # some file systems refuse fsync on folders (or on anything)
     finally:
         os.close(handle)
 
