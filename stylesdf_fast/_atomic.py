@@ -72,12 +72,40 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fsync_path(target.parent)
 
 
+class _RecordingFile:
+    """A binary file whose write/flush remember their OSError: torch.save's zip writer turns it into
+    an opaque RuntimeError ("unexpected pos ..."), so a full disk would not say so."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def write(self, data):
+        return self._call(self.handle.write, data)
+
+    def flush(self):
+        return self._call(self.handle.flush)
+
+
 def save_torch(obj: Any, path: PathLike) -> Path:
-    """torch.save, atomically."""
+    """torch.save, atomically; a failed write raises its OSError (ENOSPC on a full disk)."""
     import torch
 
     with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+        with open(temporary, "wb") as handle:
+            recording = _RecordingFile(handle)
+            try:
+                torch.save(obj, recording)
+            except RuntimeError as error:
+                if recording.error is None:
+                    raise
+                raise recording.error from error
     return Path(path)
 
 
