@@ -11,13 +11,17 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_path", "save_torch", "write_json", "write_text", "fsync_path"]
+__all__ = ["atomic_path", "save_torch", "write_json", "write_text", "fsync_path", "stale_temporaries"]
+
+# atomic_path's temporaries: mkstemp names ".{stem}." + 8 random characters + ".tmp{suffix}"
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
 def _default_file_mode() -> int:
@@ -91,6 +95,15 @@ class _RecordingFile:
 
     def flush(self):
         return self._call(self.handle.flush)
+
+
+def stale_temporaries(folder: PathLike) -> list:
+    """The temporary files of atomic_path in `folder` (sorted): after a writer was killed (SIGKILL,
+    a power cut) they stay behind; a caller that knows no writer is running may delete them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMPORARY_NAME.match(p.name) and p.is_file())
 
 
 def save_torch(obj: Any, path: PathLike) -> Path:
