@@ -5,7 +5,8 @@
         temporary file, writes only the first half of the serialized bytes, flushes them, writes the
         full size to MARKER and sleeps: the test then kills the process with SIGKILL mid-write.
 
-    [torchrun ...] python _fault_runner.py layout-free-draws -- TRAIN_ARGS...
+    python _fault_runner.py layout-free-draws -- TRAIN_ARGS...
+    python -m torch.distributed.run --nproc_per_node W ... _fault_runner.py layout-free-draws -- TRAIN_ARGS...
         The training inputs do not depend on the process layout: a rank asked for `count` latents and
         cameras gets its rows [rank * count, (rank + 1) * count) of one global draw of
         world_size * count, made from a seed fixed by (iteration, call index within the iteration);
@@ -24,15 +25,18 @@ from pathlib import Path
 import torch
 
 
-def _half_written(original, obj, f, *args, **kwargs) -> int:
+def write_half(original, obj, f, *args, **kwargs) -> int:
     """Serialize obj with the real torch.save, write the first half of its bytes to f (a path or a
     file object, whatever the atomic writer passes) and flush them; returns the full size."""
     buffer = io.BytesIO()
     original(obj, buffer, *args, **kwargs)
     data = buffer.getvalue()
-    handle = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
-    handle.write(data[:len(data) // 2])
-    handle.flush()
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, "wb") as handle:
+            handle.write(data[:len(data) // 2])
+    else:
+        f.write(data[:len(data) // 2])
+        f.flush()
     return len(data)
 
 
@@ -44,7 +48,7 @@ def hang_in_save(iteration: int, marker: Path) -> None:
     def save(obj, f, *args, **kwargs):
         if not (isinstance(obj, dict) and obj.get("stage") == 1 and obj.get("iteration") == iteration):
             return original(obj, f, *args, **kwargs)
-        size = _half_written(original, obj, f, *args, **kwargs)
+        size = write_half(original, obj, f, *args, **kwargs)
         marker.write_text(f"{size}\n")
         time.sleep(600)   # the test kills us long before this ends
         raise SystemExit("hang-in-save: not killed")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import lmdb
 import pytest
 import torch
+from PIL import ImageFile
 from torch.utils.data import DataLoader
 
 import stylesdf_fast
@@ -28,6 +30,8 @@ from stylesdf_fast import _atomic, train
 from stylesdf_fast.data import DatasetError, MultiResolutionDataset, image_key, synthetic
 from stylesdf_fast.training import checkpoints, loop
 from stylesdf_fast.training.data import RealImageStream
+
+from _fault_runner import write_half   # tests/ is on sys.path (conftest.py)
 
 RUNNER = Path(__file__).resolve().with_name("_fault_runner.py")
 
@@ -59,8 +63,6 @@ def _env():
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -137,8 +139,9 @@ def clean_lmdb(tmp_path_factory):
 
 
 def _damaged_copy(clean: Path, folder: Path, damage: str) -> Path:
-    """A copy of the clean LMDB whose record BAD_INDEX (at every stored size) holds garbage bytes or
-    the first half of its PNG."""
+    """A copy of the clean LMDB whose record BAD_INDEX (at every stored size) holds garbage bytes
+    ("garbage"), the first half of its PNG ("truncated"), or its PNG with random image data between
+    an intact header and end ("scrambled": PIL opens it and fails only when decoding)."""
     path = folder / f"{damage}.lmdb"
     shutil.copytree(clean, path)
     env = lmdb.open(str(path), map_size=1 << 26)
@@ -148,44 +151,52 @@ def _damaged_copy(clean: Path, folder: Path, damage: str) -> Path:
                 key = image_key(size, BAD_INDEX)
                 png = bytes(txn.get(key))
                 assert png.startswith(b"\x89PNG")
-                txn.put(key, os.urandom(len(png)) if damage == "garbage" else png[:len(png) // 2])
+                header = 8 + 25 + 8   # signature, IHDR chunk, the first IDAT's length and type
+                txn.put(key, {"garbage": os.urandom(len(png)), "truncated": png[:len(png) // 2],
+                              "scrambled": png[:header] + os.urandom(len(png) - header - 12) + png[-12:]}[damage])
     finally:
         env.close()
     return path
 
 
-def _assert_names_record(error: BaseException, path: Path, size: int) -> None:
-    message = str(error)
+def _assert_raises_naming_record(read, path: Path, size: int) -> None:
+    """read() raises DatasetError whose message names the LMDB and the damaged record's key."""
+    try:
+        read()
+    except DatasetError as error:
+        message = str(error)
+        # the traceback holds a DataLoader iterator: left to the garbage collector, its worker outlives
+        # the test and the next worker, forked with its pipes, takes 5 s to shut down
+        error.__traceback__ = None
+    else:
+        pytest.fail(f"no DatasetError from {read}")
     assert str(path.resolve()) in message and f"{size}-{BAD_INDEX:05d}" in message, message
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_a_damaged_lmdb_record_raises_an_error_naming_the_file_and_key(tmp_path, clean_lmdb, damage):
-    """Fault: one image record of an official-format LMDB holds random bytes, or its PNG cut in half
-    (PIL decodes lazily, so a truncated PNG opens fine and must fail on decoding, not come back as a
-    partly grey image). Must hold: reading it raises DatasetError naming the LMDB path and the record
-    key, directly, through a DataLoader (in-process and in a worker), through the training stream and
-    in a training run (exit 2 with the message); the other records still read."""
+@pytest.mark.parametrize("damage, pil_loads_truncated", [("garbage", False), ("truncated", False),
+                                                          ("scrambled", False), ("truncated", True),
+                                                          ("scrambled", True)])
+def test_a_damaged_lmdb_record_raises_an_error_naming_the_file_and_key(tmp_path, monkeypatch, clean_lmdb, damage,
+                                                                     pil_loads_truncated):
+    """Fault: one image record of an official-format LMDB holds random bytes, its PNG cut in half, or
+    its PNG with scrambled image data (PIL decodes lazily: such PNGs open fine and must fail on
+    decoding, not come back as partly grey images, even where some other code set PIL's
+    ImageFile.LOAD_TRUNCATED_IMAGES, which makes PIL accept them). Must hold: reading it raises
+    DatasetError naming the LMDB path and the record key, directly, through a DataLoader (in-process
+    and in a worker process) and through the training stream; the other records still read."""
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pil_loads_truncated)
     path = _damaged_copy(clean_lmdb, tmp_path, damage)
     dataset = MultiResolutionDataset(path, resolution=64, nerf_resolution=16)
     for index in range(len(dataset)):
         if index != BAD_INDEX:
             image, thumbnail = dataset[index]
             assert image.shape == (3, 64, 64) and thumbnail.shape == (3, 16, 16)
-    with pytest.raises(DatasetError) as caught:
-        dataset[BAD_INDEX]
-    _assert_names_record(caught.value, path, 64)
-
+    _assert_raises_naming_record(lambda: dataset[BAD_INDEX], path, 64)
     for workers in (0, 1):
         loader = DataLoader(dataset, batch_size=len(dataset), num_workers=workers)
-        with pytest.raises(DatasetError) as caught:
-            next(iter(loader))
-        _assert_names_record(caught.value, path, 64)
-
+        _assert_raises_naming_record(lambda: next(iter(loader)), path, 64)
     stream = RealImageStream(dataset, batch=len(dataset), want="thumbnail", workers=0)
-    with pytest.raises(DatasetError) as caught:
-        stream.next()
-    _assert_names_record(caught.value, path, 64)
+    _assert_raises_naming_record(stream.next, path, 64)
 
 
 def test_a_training_run_on_a_damaged_lmdb_stops_with_the_key(tmp_path, clean_lmdb, capsys):
@@ -210,15 +221,7 @@ def _disk_full_after_half(monkeypatch, iteration=None, on_fail=None) -> dict:
     def save(obj, f, *args, **kwargs):
         if iteration is not None and not (isinstance(obj, dict) and obj.get("iteration") == iteration):
             return original(obj, f, *args, **kwargs)
-        buffer = io.BytesIO()
-        original(obj, buffer, *args, **kwargs)
-        half = buffer.getvalue()[:len(buffer.getvalue()) // 2]
-        if isinstance(f, (str, os.PathLike)):
-            with open(f, "wb") as handle:
-                handle.write(half)
-        else:
-            f.write(half)
-            f.flush()
+        write_half(original, obj, f, *args, **kwargs)
         seen["failed"] += 1
         if on_fail is not None:
             on_fail()
@@ -257,7 +260,7 @@ def test_a_write_error_reported_by_fsync_is_not_renamed_into_place(tmp_path, mon
     real_fsync = os.fsync
 
     def fsync(fd):
-        if os.path.isfile(f"/proc/self/fd/{fd}") or not os.path.exists("/proc/self/fd"):
+        if stat.S_ISREG(os.fstat(fd).st_mode):   # files fail, folders flush
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_fsync(fd)
 
@@ -275,7 +278,7 @@ def small_tmpfs(tmp_path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip("mounting a tmpfs needs root and the mount command")
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -366,11 +369,33 @@ def test_two_gloo_processes_train_as_one_process_with_their_global_batch(tmp_pat
 
     two = torch.load(tmp_path / "two" / "volume_renderer.pt", weights_only=False)
     one = torch.load(tmp_path / "one" / "volume_renderer.pt", weights_only=False)
-    assert len(two["rng"]) == 2 and len(one["rng"]) == 1
-    for key in ("g", "d", "g_ema"):
-        assert one[key].keys() == two[key].keys()
-        for name, value in one[key].items():
-            torch.testing.assert_close(two[key][name], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}.{name}: {m}")
+    assert len(two["rng"]) == 2 and len(one["rng"]) == 1 and two["iteration"] == one["iteration"] == 3
+    _assert_same_training(one, two, lr={"g": one["config"]["g_lr1"], "d": one["config"]["d_lr1"]}, steps=3)
     # training moved the weights far beyond the tolerance (g_ema, half a step behind g, differs from it)
     moved = max(float((one["g"][name] - one["g_ema"][name]).abs().max()) for name in one["g"])
     assert moved > 1e-4, moved
+
+
+def _assert_same_training(one: dict, two: dict, lr: dict, steps: int) -> None:
+    """g, d and g_ema of the two runs agree within rtol 1e-4 (atol 1e-6), except for at most 1 in
+    10,000 elements of g (and g_ema), which may differ by no more than the Adam steps taken.
+
+    Why the exception: Adam's step is lr * grad / (sqrt(running mean of grad^2) + 1e-8), so an element
+    whose gradient is at round-off level (~1e-8 where its neighbours have ~1e-3: terms of the batch
+    cancel) steps by a sizeable fraction of lr in a direction set by the round-off, which a different
+    summation order (two ranks' all-reduce against one batch) changes. Seen here: 2 of 249,189 g
+    elements, by up to 1.7 lr; everything else agrees to ~1e-7."""
+    for key, network in (("g", "g"), ("g_ema", "g"), ("d", "d")):
+        assert one[key].keys() == two[key].keys()
+        outliers, total = [], 0
+        for name, value in one[key].items():
+            other = two[key][name]
+            assert other.shape == value.shape, f"{key}.{name}"
+            difference = (other - value).abs()
+            beyond = difference > 1e-6 + 1e-4 * value.abs()
+            total += value.numel()
+            outliers += [(float(d), f"{key}.{name}") for d in difference[beyond].tolist()]
+        allowed = 0 if network == "d" else total // 10_000
+        assert len(outliers) <= allowed, f"{len(outliers)} of {total} elements differ: {sorted(outliers)[-5:]}"
+        bound = 4 * lr[network] * steps   # |Adam step| <= lr / sqrt(1 - beta2) ~ 3.2 lr, with beta2 = 0.9
+        assert all(d <= bound for d, _ in outliers), sorted(outliers)[-5:]
