@@ -8,15 +8,20 @@ and a full disk included, removes the temporary file and leaves an older file of
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_path", "save_torch", "write_json", "write_text", "fsync_path"]
+__all__ = ["atomic_path", "save_torch", "write_json", "write_text", "fsync_path", "stale_temporaries"]
+
+# atomic_path's temporaries: mkstemp names ".{stem}." + 8 random characters + ".tmp{suffix}"
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
 def _default_file_mode() -> int:
@@ -27,16 +32,23 @@ def _default_file_mode() -> int:
 
 
 def fsync_path(path: PathLike) -> None:
-    """Flush a file's (or a folder's entries') data to disk; folders that cannot be opened are skipped."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) and hasattr(os, "O_DIRECTORY") else 0)
+    """Flush a file's (or a folder's entries') data to disk; folders that cannot be opened are skipped.
+    A file's flush that fails raises (a write error, a full disk or quota can surface only here),
+    unless the file system does not support fsync at all."""
+    folder = os.path.isdir(path)
+    flags = os.O_RDONLY | (os.O_DIRECTORY if folder and hasattr(os, "O_DIRECTORY") else 0)
     try:
         handle = os.open(path, flags)
     except OSError:
+        if not folder:
+            raise
         return
     try:
         os.fsync(handle)
-    except OSError:
-        pass   # some file systems refuse fsync on folders
+    except OSError as error:
+        if not folder and error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # some file systems refuse fsync on folders (or on anything)
     finally:
         os.close(handle)
 
@@ -64,12 +76,49 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fsync_path(target.parent)
 
 
+class _RecordingFile:
+    """A binary file whose write/flush remember their OSError: torch.save's zip writer turns it into
+    an opaque RuntimeError ("unexpected pos ..."), so a full disk would not say so."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def write(self, data):
+        return self._call(self.handle.write, data)
+
+    def flush(self):
+        return self._call(self.handle.flush)
+
+
+def stale_temporaries(folder: PathLike) -> list:
+    """The temporary files of atomic_path in `folder` (sorted): after a writer was killed (SIGKILL,
+    a power cut) they stay behind; a caller that knows no writer is running may delete them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMPORARY_NAME.match(p.name) and p.is_file())
+
+
 def save_torch(obj: Any, path: PathLike) -> Path:
-    """torch.save, atomically."""
+    """torch.save, atomically; a failed write raises its OSError (ENOSPC on a full disk)."""
     import torch
 
     with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+        with open(temporary, "wb") as handle:
+            recording = _RecordingFile(handle)
+            try:
+                torch.save(obj, recording)
+            except RuntimeError as error:
+                if recording.error is None:
+                    raise
+                raise recording.error from error
     return Path(path)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -25,6 +26,28 @@ from torch.utils.data import Dataset
 from .lmdb_format import INFO_KEY, LENGTH_KEY, image_key, is_lmdb_dir, meta_key
 
 __all__ = ["DatasetError", "MultiResolutionDataset", "stored_resolutions", "image_to_tensor"]
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_damage(raw: bytes) -> Optional[str]:
+    """What is wrong with PNG bytes (a chunk cut short, a chunk failing its CRC, no IEND chunk), or
+    None. PIL checks this itself, except where some code has set ImageFile.LOAD_TRUNCATED_IMAGES:
+    then it decodes a cut or corrupt PNG into a partly grey image without a word."""
+    data, offset = memoryview(raw), len(_PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        end = offset + 12 + length
+        kind = bytes(data[offset + 4:offset + 8])
+        if end > len(data):
+            return f"truncated PNG: its {kind.decode('latin-1')!r} chunk ends past the record's {len(data)} bytes"
+        if zlib.crc32(data[offset + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return f"corrupt PNG: its {kind.decode('latin-1')!r} chunk at byte {offset} fails its CRC"
+        if kind == b"IEND":
+            return None
+        offset = end
+    return f"truncated PNG: no IEND chunk in its {len(data)} bytes"
 
 
 class DatasetError(ValueError):
@@ -185,6 +208,9 @@ class MultiResolutionDataset(Dataset):
         raw = self._record(key)
         if raw is None:
             raise DatasetError(f"{self.path}: record {key.decode()} is missing")
+        damage = _png_damage(raw) if raw.startswith(_PNG_SIGNATURE) else None
+        if damage is not None:
+            raise DatasetError(f"{self.path}: record {key.decode()} is a {damage}")
         try:
             image = Image.open(io.BytesIO(raw))
             image.load()

@@ -14,12 +14,12 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from .._atomic import save_torch
+from .._atomic import save_torch, stale_temporaries
 from .runtime import DistInfo, rng_state, set_rng_state
 from .stages import StageState
 
 __all__ = ["CHECKPOINT_FORMAT", "latest_checkpoint", "save_checkpoint", "prune_checkpoints", "restore",
-           "load_resume_point", "load_sphere_init"]
+           "load_resume_point", "load_sphere_init", "remove_stale_temporaries"]
 
 CHECKPOINT_FORMAT = "stylesdf_fast.train/1"
 _PERIODIC_NAME = re.compile(r"stage([12])_(\d+)\.pt$")
@@ -100,6 +100,15 @@ def load_resume_point(run_dir: Path, info: DistInfo) -> Optional[Dict]:
     if info.is_main:
         print(f"resuming from {path} (stage {checkpoint['stage']}, iteration {checkpoint['iteration']})")
     return checkpoint
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the half-written temporary files that a killed run (SIGKILL, a power cut) left in its
+    run directory; called by a resumed run's rank 0 before it writes anything."""
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
+        for path in stale_temporaries(folder):
+            print(f"removing {path}, left by an interrupted write")
+            path.unlink(missing_ok=True)
 
 
 def load_sphere_init(state: StageState, path: Path, info: DistInfo) -> None:

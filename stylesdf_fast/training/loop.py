@@ -258,6 +258,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> in
         write_text(run_dir / "config.json", cfg.to_json() + "\n")
     _seed_everything(cfg, info)
     checkpoint = checkpoints.load_resume_point(run_dir, info) if resume else None
+    if resume and info.is_main:
+        checkpoints.remove_stale_temporaries(run_dir)
     reporter = Reporter(run_dir, info)
     try:
         with StopSignal() as signals:
