@@ -100,9 +100,18 @@ def _update_ema(state: StageState) -> None:
 def _train_stage(state: StageState, stream: Optional[RealImageStream], start: int, run_dir: Path,
                  reporter: Reporter, signals: StopSignal) -> bool:
     """Iterations start .. state.iterations - 1. Returns False if stopped by a signal (after saving)."""
-    cfg, info = state.config, state.info
+    info = state.info
     tag = "sphere_init" if state.stage == 0 else f"stage{state.stage}"
     bar = progress_bar(state, start, info)
+    try:
+        return _iterate(state, stream, start, run_dir, reporter, signals, bar, tag)
+    finally:
+        bar.close()   # also when an iteration raises: no stray bar at exit
+
+
+def _iterate(state: StageState, stream, start: int, run_dir: Path, reporter: Reporter, signals: StopSignal,
+             bar, tag: str) -> bool:
+    cfg, info = state.config, state.info
     window, window_start, window_images = MetricWindow(), time.perf_counter(), 0
     for iteration in range(start, state.iterations):
         metrics = train_iteration(state, iteration, stream)
@@ -128,7 +137,6 @@ def _train_stage(state: StageState, stream: Optional[RealImageStream], start: in
                 if info.is_main:
                     print(f"\nstopped by signal: saved {path}; continue with --resume {run_dir}")
             return False
-    bar.close()
     return True
 
 
