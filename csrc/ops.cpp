@@ -1,10 +1,11 @@
-// The one TORCH_LIBRARY block of the project: schemas, plus the CPU and CUDA implementations.
-// Autograd and fake (meta) kernels are attached from Python (stylesdf_fast/ops/).
+// The one TORCH_LIBRARY block of the project: every op's schema. Each op's CPU and CUDA
+// implementations register themselves beside their code (TORCH_LIBRARY_IMPL at the end of
+// csrc/<op>/<op>_cpu.cpp and _cuda.cu); autograd and fake (meta) kernels are attached from Python
+// (stylesdf_fast/ops/).
 #include <torch/library.h>
 
 #include <string>
 
-#include "ops.h"
 
 #ifndef STYLESDF_FAST_TORCH_VERSION
 #define STYLESDF_FAST_TORCH_VERSION "unknown"
@@ -61,19 +62,3 @@ TORCH_LIBRARY(stylesdf_fast, m) {
 TORCH_LIBRARY_IMPL(stylesdf_fast, CompositeExplicitAutograd, m) {
   m.impl("_build_info", &stylesdf_fast::build_info);
 }
-
-TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
-  m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cpu);
-  m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cpu);
-  m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cpu);
-  m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cpu);
-}
-
-#ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
-  m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cuda);
-  m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cuda);
-  m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cuda);
-  m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cuda);
-}
-#endif

@@ -7,13 +7,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <utility>
 #include <vector>
 
 #include "../common/cpu_multiversion.h"
-#include "../ops.h"
+#include "sdf_volume_render.h"
 #include "sdf_volume_render_args.h"
 #include "sdf_volume_render_math.h"
 
@@ -216,3 +217,10 @@ std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cpu(
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CPU, m) {
+  m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cpu);
+  m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cpu);
+  m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cpu);
+  m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cpu);
+}

@@ -8,10 +8,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <algorithm>
 
-#include "../ops.h"
+#include "sdf_volume_render.h"
 #include "sdf_volume_render_args.h"
 #include "sdf_volume_render_math.h"
 
@@ -246,3 +247,10 @@ std::tuple<at::Tensor, at::Tensor> sdf_volume_render_packed_backward_cuda(
 }
 
 }  // namespace stylesdf_fast
+
+TORCH_LIBRARY_IMPL(stylesdf_fast, CUDA, m) {
+  m.impl("sdf_volume_render", &stylesdf_fast::sdf_volume_render_cuda);
+  m.impl("sdf_volume_render_backward", &stylesdf_fast::sdf_volume_render_backward_cuda);
+  m.impl("sdf_volume_render_packed", &stylesdf_fast::sdf_volume_render_packed_cuda);
+  m.impl("sdf_volume_render_packed_backward", &stylesdf_fast::sdf_volume_render_packed_backward_cuda);
+}

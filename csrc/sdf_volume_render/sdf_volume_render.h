@@ -1,10 +1,21 @@
-// Host entry points of every op, one CPU and (when built with CUDA) one CUDA function each.
-// Registered with the dispatcher in ops.cpp; Python never calls these directly.
+// sdf_volume_render: StyleSDF's volume integration, fused (docs/kernels.md section 1).
+//
+//   delta_i = (z_{i+1} - z_i) |d|  (i < S-1),   delta_{S-1} = 1e10 |d|
+//   sigma_i = sigmoid(-s_i / beta) / beta   (SDF mode)   or given (density mode)
+//   alpha_i = 1 - exp(-sigma_i delta_i),  T_i = prod_{j<i} (1 - alpha_j + 1e-10),  w_i = alpha_i T_i
+//   force_background: w_{S-1} = 1 - sum_{i<S-1} w_i
+//   rgb_map = -1 + 2 sum_i w_i sigmoid(c_i) (or sum_i w_i sigmoid(c_i), or sum_i w_i c_i),  feature_map = sum_i w_i f_i
+//   The backward re-reads the inputs, recomputes each ray's alpha and transmittance and runs a
+//   division-free reverse scan (alpha = 1 at the last sample); nothing of size R x S x C is kept.
+//
+// Host API, one CPU and (built with CUDA) one CUDA function per op; registered with the dispatcher
+// beside each implementation (TORCH_LIBRARY_IMPL at the end of the _cpu.cpp / _cuda.cu files).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 
