@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _allocator  # noqa: E402,F401  (before torch)
 import torch  # noqa: E402
 
-import _common  # noqa: E402
+from bench import machine, report, run  # noqa: E402
 
-_common.use_this_checkout(Path(__file__).resolve().parent.parent)
+run.use_this_checkout(Path(__file__).resolve().parent.parent)
 
 SYNTHETIC_TARGET_SECONDS = 120.0   # for 2,000 images at 64 + 128 px
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     count = args.images or (64 if args.quick else 2000)
-    env = _common.environment_metadata(torch.device("cpu"))
+    env = machine.environment_metadata(torch.device("cpu"))
     print(f"data_speed: {env['device_name']}, torch {env['torch']}, {env['torch_threads']} threads, "
           f"{os.cpu_count()} CPUs, load average at start {env['load_average_1_5_15']}")
     rows = []
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
             rows.append(bench_prepare(workdir, folder, workers))
         for workers in (0, 2):
             rows.append(bench_read(dataset_path, workers))
-    _common.print_table(rows, [("case", "case", ""), ("images", "images", "d"), ("seconds", "seconds", ".2f"),
+    report.print_table(rows, [("case", "case", ""), ("images", "images", "d"), ("seconds", "seconds", ".2f"),
                                ("images_per_s", "img/s", ".1f"), ("render_only_images_per_s", "render-only img/s", ".1f")])
     target = None
     if count == 2000:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         print(f"target: 2000 synthetic images in < {SYNTHETIC_TARGET_SECONDS:.0f} s: "
               f"{'met' if target['met'] else 'NOT met'} ({rows[0]['seconds']:.1f} s)")
     json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_speed_cpu.json")
-    path = _common.write_json(json_path, {"tool": "data_speed", "quick": args.quick, "rows": rows,
+    path = report.write_json(json_path, {"tool": "data_speed", "quick": args.quick, "rows": rows,
                                           "synthetic_target": target}, device=torch.device("cpu"))
     print(f"wrote {path}")
     return 0

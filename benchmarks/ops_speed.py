@@ -33,7 +33,7 @@ Passes (each timed as one step):
 Numbers per row: median wall time over the repeats (after warm-up; at least 3 repeats, fewer than
 --repeats when a measurement exceeds --max-seconds; on CPU the profiled memory call is the first
 warm-up call and, for steps slower than 1 s, the only one), speedup = reference median / kernel median,
-peak memory (see benchmarks/_common.py: CUDA allocator peak, or on CPU the peak of the running sum of
+peak memory (see benchmarks/bench/memory.py: CUDA allocator peak, or on CPU the peak of the running sum of
 the profiler's allocation events, both above what was held before the step), achieved GB/s from a
 minimal-traffic byte model and that as % of the copy bandwidth measured in the same run (median of a
 large tensor clone, read + write bytes).
@@ -71,9 +71,9 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import _allocator  # noqa: E402,F401  (before torch)
 import torch  # noqa: E402
 
-import _common  # noqa: E402
+from bench import machine, report, run, timing  # noqa: E402
 
-_common.use_this_checkout(ROOT)
+run.use_this_checkout(ROOT)
 from stylesdf_fast.ops import blur2d, downsample2d, film_siren, fused_leaky_relu, make_kernel, upsample2d  # noqa: E402
 
 PASSES = ("forward", "forward_backward", "double_backward")
@@ -197,10 +197,10 @@ def run_case(case: Case, args, device, copy_gbps: float, passes=PASSES) -> List[
             }
             try:
                 step, setup = make_step(case, pass_name, impl, tensors)
-                timing = _common.measure_step(step, device=device, repeats=args.repeats, warmup=args.warmup,
-                                              setup=setup, max_seconds=args.max_seconds)
-                row.update(timing)
-                row["gb_per_s"] = model[pass_name] / (timing["median_ms"] * 1e-3) / 1e9
+                measured = timing.measure_step(step, device=device, repeats=args.repeats, warmup=args.warmup,
+                                               setup=setup, max_seconds=args.max_seconds)
+                row.update(measured)
+                row["gb_per_s"] = model[pass_name] / (measured["median_ms"] * 1e-3) / 1e9
                 row["pct_copy_bw"] = 100.0 * row["gb_per_s"] / copy_gbps if copy_gbps else None
                 del step, setup
             except Exception as error:  # noqa: BLE001 (a failing row is reported, the run goes on)
@@ -209,94 +209,64 @@ def run_case(case: Case, args, device, copy_gbps: float, passes=PASSES) -> List[
             rows.append(row)
             status = row.get("error") or f"{row['median_ms']:.2f} ms ({row['repeats']} repeats)"
             print(f"  {case.name:<10} {pass_name:<16} {impl:<9} {status}", flush=True)
-        _common.compare_to_reference(rows[-2], rows[-1])
+        report.compare_to_reference(rows[-2], rows[-1])
     del tensors, x, bias
     gc.collect()
     return rows
 
 
-def evaluate_targets(rows: List[Dict[str, object]], device_type: str) -> List[Dict[str, object]]:
-    """Each target: {"name", "case", "pass", "metric", "value", "threshold", "passed"}; also writes a short
-    "targets" string onto the kernel rows involved."""
+def evaluate_targets(rows: List[Dict[str, object]], device_type: str) -> report.Targets:
+    """The targets of the full-size work, written onto the kernel rows they judge."""
     by_key = {(r["case"], r["pass"], r["impl"]): r for r in rows}
-    targets: List[Dict[str, object]] = []
-
-    def add(name, case, pass_name, metric, value, threshold, passed, label):
-        targets.append({"name": name, "case": case, "pass": pass_name, "metric": metric, "value": value,
-                        "threshold": threshold, "passed": bool(passed)})
-        row = by_key.get((case, pass_name, "kernel"))
-        if row is not None:
-            text = f"{label} {'PASS' if passed else 'FAIL'}"
-            row["targets"] = f"{row['targets']}; {text}" if row.get("targets") else text
-            row.setdefault("target_results", []).append({"name": name, "passed": bool(passed)})
-
+    targets = report.Targets()
+    kernels = [r for r in rows if r["impl"] == "kernel"]
     if device_type == "cpu":
         for case, threshold in (("bias_act", 2.0), ("upsample", 1.5), ("downsample", 1.5), ("blur", 1.0)):
             kernel = by_key.get((case, "forward_backward", "kernel"))
-            if kernel is None:
-                continue
-            value = kernel.get("speedup")
-            add(f"{case} forward_backward speedup >= {threshold}x", case, "forward_backward", "speedup", value,
-                threshold, value is not None and value >= threshold, f"speed>={threshold:g}x")
-        for kernel in [r for r in rows if r["impl"] == "kernel"]:
+            if kernel is not None:
+                targets.check(f"{case} forward_backward speedup >= {threshold}x", kernel, "speedup", threshold,
+                              f"speed>={threshold:g}x")
+        for kernel in kernels:
             reference = by_key.get((kernel["case"], kernel["pass"], "reference"))
-            k_peak = kernel.get("peak_bytes")
-            r_peak = None if reference is None else reference.get("peak_bytes")
-            add(f"{kernel['case']} {kernel['pass']} kernel peak memory <= reference", kernel["case"], kernel["pass"],
-                "peak_bytes", k_peak, r_peak, k_peak is not None and r_peak is not None and k_peak <= r_peak, "mem")
+            limit = None if reference is None else reference.get("peak_bytes")
+            targets.check(f"{kernel['case']} {kernel['pass']} kernel peak memory <= reference", kernel, "peak_bytes",
+                          limit if limit is not None else float("-inf"), "mem", at_most=True)
     elif device_type == "cuda":
         for pass_name in ("forward", "forward_backward"):
             kernel = by_key.get(("bias_act", pass_name, "kernel"))
-            if kernel is None:
-                continue
-            value = kernel.get("pct_copy_bw")
-            add(f"bias_act {pass_name} >= 70% of copy bandwidth", "bias_act", pass_name, "pct_copy_bw", value, 70.0,
-                value is not None and value >= 70.0, "bw>=70%")
-        for kernel in [r for r in rows if r["impl"] == "kernel"]:
-            value = kernel.get("speedup")
-            add(f"{kernel['case']} {kernel['pass']} kernel faster than reference", kernel["case"], kernel["pass"],
-                "speedup", value, 1.0, value is not None and value > 1.0, "faster")
+            if kernel is not None:
+                targets.check(f"bias_act {pass_name} >= 70% of copy bandwidth", kernel, "pct_copy_bw", 70.0, "bw>=70%")
+        for kernel in kernels:
+            targets.check(f"{kernel['case']} {kernel['pass']} kernel faster than reference", kernel, "speedup", 1.0,
+                          "faster")
     return targets
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=_common.default_device())
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per measurement (default 10, 3 with --quick)")
+    run.add_common_arguments(parser, "ops_speed", repeats=10, quick_repeats=3, max_seconds=3.0,
+                             cases=("upsample", "blur", "blur_p11", "downsample", "bias_act", "film_siren"))
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    parser.add_argument("--max-seconds", type=float, default=3.0,
-                        help="stop timing a measurement after this many seconds once 3 repeats are done "
-                             "(default 3; keeps slow CPU references short)")
-    parser.add_argument("--json", default=None, help="output path (default benchmarks/ops_speed_<device>.json)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    parser.add_argument("--cases", default=None,
-                        help="comma-separated subset of upsample,blur,blur_p11,downsample,bias_act")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
     parser.add_argument("--copy-mib", type=int, default=None,
                         help="size of the copy-bandwidth tensor (default 256 MiB, 8 with --quick)")
-    args = parser.parse_args(argv)
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else 10
+    args = run.finish_arguments(parser.parse_args(argv))
     if args.copy_mib is None:
         args.copy_mib = 8 if args.quick else 256
-    if args.json is None:
-        args.json = str(Path(__file__).resolve().parent / f"ops_speed_{args.device}.json")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run = _common.begin_run("ops_speed", args)
-    if run is None:
+    preamble = run.begin_run("ops_speed", args)
+    if preamble is None:
         return 2
-    device, env, ext = run["device"], run["env"], run["ext"]
-    ext_file, memory_check, copy = run["ext_file"], run["memory_check"], run["copy"]
+    device, env, ext = preamble["device"], preamble["env"], preamble["ext"]
+    ext_file, memory_check, copy = preamble["ext_file"], preamble["memory_check"], preamble["copy"]
     copy_gbps = copy["gb_per_s"]
 
     cases = make_cases(args.quick, device)
     if args.cases:
-        wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+        wanted = run.selected([c.name for c in cases], args.cases)
         cases = [c for c in cases if c.name in wanted]
     rows: List[Dict[str, object]] = []
     for case in cases:
@@ -304,8 +274,8 @@ def main(argv=None) -> int:
         rows.extend(run_case(case, args, device, copy_gbps, passes))
 
     # the targets are defined for the full-size work; a --quick smoke run only checks that it all runs
-    targets = [] if args.quick else evaluate_targets(rows, device.type)
-    ext_file_after = _common.extension_file_info()
+    targets = report.Targets() if args.quick else evaluate_targets(rows, device.type)
+    ext_file_after = machine.extension_file_info()
     extension_changed = ext_file_after.get("file_sha256") != ext_file.get("file_sha256")
     if extension_changed:
         print("warning: the compiled extension file changed on disk during the run (rebuilt?); this process "
@@ -317,28 +287,13 @@ def main(argv=None) -> int:
         ("speedup", "speedup", ".2f"), ("peak_mib", "peak MiB", ".1f"), ("gb_per_s", "GB/s", ".2f"),
         ("pct_copy_bw", "% copy bw", ".1f"), ("repeats", "n", ""), ("targets", "targets", ""),
     ]
-    _common.print_table_and_errors(rows, columns)
+    report.print_table_and_errors(rows, columns)
     for case in cases:
         if case.note:
             print(f"note: {case.name}: {case.note}")
 
     print()
-    print(f"targets ({device.type}):")
-    if not targets:
-        print("  (not evaluated: --quick run)" if args.quick else "  (none defined for this device / selection)")
-    for t in targets:
-        value = t["value"]
-        if t["metric"] == "peak_bytes":
-            shown = (f"{value / _common.MIB:.1f} MiB vs reference "
-                     f"{t['threshold'] / _common.MIB:.1f} MiB" if value is not None and t["threshold"] is not None
-                     else "n/a")
-        elif t["metric"] == "speedup":
-            shown = f"{value:.2f}x" if value is not None else "n/a"
-        else:
-            shown = f"{value:.1f}%" if value is not None else "n/a"
-        print(f"  [{'PASS' if t['passed'] else 'FAIL'}] {t['name']}: {shown}")
-    passed = sum(t["passed"] for t in targets)
-    print(f"  {passed}/{len(targets)} targets met")
+    targets.print(f"targets ({device.type}{', not evaluated: --quick run' if args.quick else ''})")
 
     payload = {
         "benchmark": "ops_speed",
@@ -361,11 +316,11 @@ def main(argv=None) -> int:
         "cases": [{"name": c.name, "kind": c.kind, "input_shape": list(c.shape), "description": c.description,
                    "note": c.note} for c in cases],
         "results": rows,
-        "targets": targets,
-        "targets_met": passed,
-        "targets_total": len(targets),
+        "targets": targets.results,
+        "targets_met": targets.met,
+        "targets_total": len(targets.results),
     }
-    path = _common.write_json(args.json, payload, device=device)
+    path = report.write_json(args.json, payload, device=device)
     print(f"\nwrote {path}")
     # a missed target is a finding, a row that could not run is a breakage
     return 1 if any(r.get("error") for r in rows) else 0

@@ -17,7 +17,7 @@ Timing: the variants of a case are built and warmed up together, then timed in i
 (one iteration of each per round, rotating order), so that load changes on a shared machine fall on
 every row alike; the median over rounds is reported, with every time in the JSON.
 img/s = images of the G phase per second; peak = memory allocated during the iteration above what
-was held before (CUDA allocator peak; on CPU the profiler's allocation events, see _common.py).
+was held before (CUDA allocator peak; on CPU the profiler's allocation events, see bench/memory.py).
 Targets (issue 8, stage 1, reported, not an exit status): the kernel row >= 1.3x faster and with
 >= 2x lower peak memory than the reference.
 Shapes: "small" = the small preset (32x32 renderer, 16 samples, width 64, 64-px decoder, batch 4);
@@ -35,9 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _allocator  # noqa: E402,F401  (before torch)
 import torch  # noqa: E402
 
-import _common  # noqa: E402
+from bench import machine, memory, report, run, timing  # noqa: E402
 
-_common.use_this_checkout(Path(__file__).resolve().parent.parent)
+run.use_this_checkout(Path(__file__).resolve().parent.parent)
 
 SHAPES = {
     "small": dict(preset="small", batch1=4, chunk1=4, batch2=4, chunk2=4),
@@ -47,7 +47,6 @@ SHAPES = {
 }
 CASES = {"stage1": (1, 1), "stage2": (2, 1), "stage2_lazy_reg": (2, 0)}   # (stage, iteration index)
 VARIANTS = ("kernel", "reference")   # the impl of every module
-STAGE1_TARGETS = {"speedup": 1.3, "mem_ratio": 2.0}
 
 
 class _FixedReals:
@@ -87,13 +86,13 @@ def prepare_variant(case: str, shapes: dict, variant, device: torch.device):
         train_iteration(state, iteration, stream)
 
     step()   # warm-up (lazy initialisation, allocator, oneDNN/cuDNN choices)
-    peak = _common.peak_memory(step, device=device)
-    return step, {"case": case, "impl": variant, "batch": batch, "peak_bytes": peak, "peak_mib": peak / _common.MIB}
+    peak = memory.peak_memory(step, device=device)
+    return step, {"case": case, "impl": variant, "batch": batch, "peak_bytes": peak, "peak_mib": peak / memory.MIB}
 
 
 def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: int, max_seconds: float):
     """Rows of every variant of one case: peak memory one variant at a time, then the times of all
-    variants interleaved round by round (_common.time_interleaved), so that load changes on a shared
+    variants interleaved round by round (bench.timing.time_interleaved), so that load changes on a shared
     machine fall on the kernel and the reference rows alike."""
     rows, steps = [], {}
     for variant in variants:
@@ -105,7 +104,7 @@ def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: i
         status = row.get("error") or f"peak {row['peak_mib']:.0f} MiB"
         print(f"  {case:<16} {variant:<14} prepared: {status}", flush=True)
     if steps:
-        timings = _common.time_interleaved(steps, device=device, repeats=repeats,
+        timings = timing.time_interleaved(steps, device=device, repeats=repeats,
                                            max_seconds=max_seconds * len(steps), min_repeats=2)
         for row in rows:
             if row["impl"] in timings:
@@ -119,17 +118,10 @@ def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: i
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=_common.default_device())
+    run.add_common_arguments(parser, "train_speed", repeats=7, quick_repeats=1, max_seconds=20.0, cases=CASES)
     parser.add_argument("--shapes", choices=("small", "official"), default=None,
                         help="default: small on CPU, official on GPU")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, one timed repeat (smoke test)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (iterations per row; default 7, quick 1)")
-    parser.add_argument("--max-seconds", type=float, default=20.0,
-                        help="stop timing a case after about this long per row")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
-    parser.add_argument("--json", default=None, help="output path (default benchmarks/train_speed_<device>.json)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
-    return parser.parse_args(argv)
+    return run.finish_arguments(parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
@@ -141,52 +133,41 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shape_name = "quick" if args.quick else (args.shapes or ("official" if device.type == "cuda" else "small"))
-    repeats = args.repeats or (1 if args.quick else 7)
-    env = _common.environment_metadata(device)
+    repeats = args.repeats
+    env = machine.environment_metadata(device)
     print(f"train_speed: device {device} ({env['device_name']}), torch {env['torch']}, {env['torch_threads']} threads, "
           f"shapes {shape_name}")
-    print(_common.allocator_note(env))
-    _common.report_peak_memory_method(device)
+    print(machine.allocator_note(env))
+    memory.report_peak_memory_method(device)
     rows = []
-    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
-        if case not in CASES:
-            print(f"unknown case {case!r}; choose from {', '.join(CASES)}", file=sys.stderr)
-            return 2
+    for case in run.selected(CASES, args.cases):
         rows += run_case(case, SHAPES[shape_name], VARIANTS, device, repeats,
                          args.max_seconds)
         write_results(args, shape_name, device, rows, [])   # after every case: a run cut short keeps its rows
     references = {row["case"]: row for row in rows if row["impl"] == "reference"}
     for row in rows:
         if row["impl"] != "reference" and row["case"] in references:
-            _common.compare_to_reference(row, references[row["case"]])
-    _common.print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("batch", "batch", "d"),
+            report.compare_to_reference(row, references[row["case"]])
+    report.print_table(rows, [("case", "case", ""), ("impl", "impl", ""), ("batch", "batch", "d"),
                                ("median_ms", "ms/iter", ".1f"), ("images_per_s", "img/s", ".2f"),
                                ("peak_mib", "peak MiB", ".0f"), ("speedup", "speedup", ".2f"),
                                ("mem_ratio", "mem ratio", ".2f")])
-    targets = [] if args.quick else stage1_targets(rows)
-    for target in targets:
-        print(f"target: stage1 kernel {target['metric']} >= {target['threshold']}: {target['value']:.2f} "
-              f"{'PASS' if target['passed'] else 'FAIL'}")
+    targets = report.Targets()
+    if not args.quick:
+        stage1 = next((r for r in rows if r["case"] == "stage1" and r["impl"] == "kernel" and "error" not in r), None)
+        targets.check("stage1 kernel >= 1.3x faster than the reference", stage1, "speedup", 1.3, "speed>=1.3x")
+        targets.check("stage1 kernel peak memory >= 2x lower", stage1, "mem_ratio", 2.0, "mem>=2x")
+        targets.print("targets (stage 1)")
     errors = [r for r in rows if r.get("error")]
     for row in errors:
         print(f"error: {row['case']} {row['impl']}: {row['error']}")
-    print(f"wrote {write_results(args, shape_name, device, rows, targets)}")
+    print(f"wrote {write_results(args, shape_name, device, rows, targets.results)}")
     return 1 if errors else 0
 
 
 def write_results(args, shape_name: str, device: torch.device, rows, targets) -> str:
-    json_path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"train_speed_{device.type}.json")
-    return _common.write_json(json_path, {"tool": "train_speed", "shapes": shape_name, "shape_values": SHAPES[shape_name],
+    return report.write_json(args.json, {"tool": "train_speed", "shapes": shape_name, "shape_values": SHAPES[shape_name],
                                           "rows": rows, "targets": targets}, device=device)
-
-
-def stage1_targets(rows):
-    """Issue 8's targets on the stage-1 kernel row: speedup and memory ratio against the reference."""
-    kernel = next((r for r in rows if r["case"] == "stage1" and r["impl"] == "kernel" and "error" not in r), None)
-    if kernel is None or "speedup" not in kernel:
-        return []
-    return [{"metric": metric, "threshold": threshold, "value": kernel[metric], "passed": kernel[metric] >= threshold}
-            for metric, threshold in STAGE1_TARGETS.items() if kernel.get(metric) is not None]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""Wall time of benchmark steps: one step repeated after warm-up (`time_step`), several steps in
+alternating rounds so that load changes on a shared machine fall on all alike (`time_interleaved`),
+and time plus peak memory of one step (`measure_step`). CUDA is synchronised around every call."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .memory import MIB, peak_memory
+
+__all__ = ["default_device", "synchronize", "time_step", "time_interleaved", "measure_step"]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(
+    step: Callable[[], object],
+    *,
+    device,
+    repeats: int,
+    warmup: int = 2,
+    setup: Optional[Callable[[], None]] = None,
+    max_seconds: Optional[float] = None,
+    min_repeats: int = 3,
+) -> Dict[str, object]:
+    """Wall time of `step()` (seconds), with `setup()` (untimed) before every call.
+
+    Runs up to `warmup` untimed calls (stopping after one that took longer than 1 s), then
+    `repeats` timed calls; with `max_seconds`, stops early once that much time has been spent in
+    timed calls and at least `min_repeats` were made. Returns median/min/mean/max in ms, the number
+    of timed calls and every time.
+    """
+    for _ in range(max(warmup, 0)):
+        if setup is not None:
+            setup()
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        if time.perf_counter() - start > 1.0:
+            break
+    times: List[float] = []
+    spent = 0.0
+    for _ in range(max(repeats, 1)):
+        if setup is not None:
+            setup()
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        spent += elapsed
+        if max_seconds is not None and spent >= max_seconds and len(times) >= min_repeats:
+            break
+    return {
+        "median_ms": statistics.median(times) * 1e3,
+        "min_ms": min(times) * 1e3,
+        "mean_ms": statistics.fmean(times) * 1e3,
+        "max_ms": max(times) * 1e3,
+        "repeats": len(times),
+        "times_ms": [t * 1e3 for t in times],
+    }
+
+
+def time_interleaved(
+    steps: Dict[str, Callable[[], object]],
+    *,
+    device,
+    repeats: int,
+    max_seconds: Optional[float] = None,
+    min_repeats: int = 3,
+    setups: Optional[Dict[str, Callable[[], None]]] = None,
+) -> Dict[str, Dict[str, object]]:
+    """time_step for several steps at once, in rounds: each round times one call of every step, in
+    an order that rotates from round to round, so that a change in the machine's load (other
+    processes on a shared machine move CPU times by 15%) falls on every step alike. The steps
+    should be warmed up already; setups[name], when given, runs untimed before each call of that
+    step. Returns {name: time_step's dict}; with `max_seconds`, stops once the rounds took that
+    long and `min_repeats` were made."""
+    setups = setups or {}
+    names = list(steps)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    spent = 0.0
+    for round_index in range(max(repeats, 1)):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            if setups.get(name) is not None:
+                setups[name]()
+            synchronize(device)
+            start = time.perf_counter()
+            steps[name]()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+        if max_seconds is not None and spent >= max_seconds and round_index + 1 >= min_repeats:
+            break
+    return {name: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3,
+                   "mean_ms": statistics.fmean(t) * 1e3, "max_ms": max(t) * 1e3, "repeats": len(t),
+                   "times_ms": [x * 1e3 for x in t]} for name, t in times.items()}
+
+
+def measure_step(
+    step: Callable[[], object],
+    *,
+    device,
+    repeats: int,
+    warmup: int = 2,
+    setup: Optional[Callable[[], None]] = None,
+    max_seconds: Optional[float] = None,
+    min_repeats: int = 3,
+) -> Dict[str, object]:
+    """time_step + peak_memory of one step: {"median_ms", ..., "peak_bytes", "peak_mib"}.
+
+    CUDA: warm-up, then the timed calls, then one call for the peak memory.
+    CPU: the profiled peak-memory call comes first and counts as the first warm-up call; when it took
+    longer than 1 s no other warm-up is made (slow CPU references would otherwise dominate the run).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        start = time.perf_counter()
+        peak = peak_memory(step, device=device, setup=setup)
+        first_call_s = time.perf_counter() - start
+        more_warmup = 0 if first_call_s > 1.0 else max(warmup - 1, 0)
+        timing = time_step(step, device=device, repeats=repeats, warmup=more_warmup, setup=setup,
+                           max_seconds=max_seconds, min_repeats=min_repeats)
+    else:
+        timing = time_step(step, device=device, repeats=repeats, warmup=max(warmup, 1), setup=setup,
+                           max_seconds=max_seconds, min_repeats=min_repeats)
+        peak = peak_memory(step, device=device, setup=setup)
+    return {**timing, "peak_bytes": peak, "peak_mib": peak / MIB}
