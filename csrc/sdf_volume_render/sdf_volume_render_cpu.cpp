@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -169,16 +170,30 @@ SSDF_CPU_MULTIVERSION void forward_rays(const RayData<scalar_t, color_t>& d, sca
   }
 }
 
-// lanes[0] = the sum of all kDotLanes lanes, added pairwise in a fixed order (bitwise the same result
-// whatever the vector width; a sequential sum would be a chain of kDotLanes dependent additions).
-template <int64_t kHalf, typename acc_t>
-SSDF_INLINE acc_t fold_lanes(acc_t* lanes) {
-  for (int64_t j = 0; j < kHalf; ++j) lanes[j] += lanes[j + kHalf];
-  if constexpr (kHalf > 1) {
-    return fold_lanes<kHalf / 2>(lanes);
+// The sum of the kBytes / sizeof(acc_t) values at x, added pairwise (x[j] + x[j + n/2], then the same
+// on the n/2 sums, ...): a fixed order, so bitwise the same result for every instruction set. Written
+// with GCC vector types so that each step is one vector addition (the auto-vectoriser leaves the
+// narrow steps of such a tree in scalar shuffles); memcpy moves between the widths, in registers.
+template <typename acc_t, int64_t kBytes>
+SSDF_INLINE acc_t fold_pairwise(const acc_t* x) {
+  constexpr int64_t kHalf = kBytes / 2 / static_cast<int64_t>(sizeof(acc_t));
+  if constexpr (kHalf == 1) {
+    return x[0] + x[1];
   } else {
-    return lanes[0];
+    typedef acc_t Half __attribute__((vector_size(kBytes / 2)));
+    Half low, high;
+    memcpy(&low, x, sizeof low);
+    memcpy(&high, x + kHalf, sizeof high);
+    const Half sum = low + high;
+    acc_t folded[kHalf];
+    memcpy(folded, &sum, sizeof sum);
+    return fold_pairwise<acc_t, kBytes / 2>(folded);
   }
+}
+
+template <typename acc_t>
+SSDF_INLINE acc_t fold_lanes(const acc_t* lanes) {
+  return fold_pairwise<acc_t, kDotLanes * static_cast<int64_t>(sizeof(acc_t))>(lanes);
 }
 
 // sum_c g_c f_c in kDotLanes partial sums: the loop vectorises exactly, with several independent
@@ -191,7 +206,7 @@ SSDF_INLINE acc_t dot(const color_t* __restrict__ f, const color_t* __restrict__
     for (int64_t j = 0; j < kDotLanes; ++j) lanes[j] += static_cast<acc_t>(g[c + j]) * static_cast<acc_t>(f[c + j]);
   }
   for (int64_t j = 0; c + j < C; ++j) lanes[j] += static_cast<acc_t>(g[c + j]) * static_cast<acc_t>(f[c + j]);
-  return fold_lanes<kDotLanes / 2>(lanes);
+  return fold_lanes(lanes);
 }
 
 // dot(f, g) and grad_f = w g in one pass over the row (the same sums as dot).
@@ -212,7 +227,7 @@ SSDF_INLINE acc_t dot_and_scale(const color_t* __restrict__ f, const color_t* __
     lanes[j] += gc * static_cast<acc_t>(f[c + j]);
     grad_f[c + j] = static_cast<color_t>(w * gc);
   }
-  return fold_lanes<kDotLanes / 2>(lanes);
+  return fold_lanes(lanes);
 }
 
 // Rays [begin, end): writes the wanted input gradients and returns this range's dL/dbeta. Per ray:
