@@ -122,6 +122,12 @@ SSDF_INLINE void prefetch_sample(const RayData<scalar_t, color_t>& d, int64_t r,
   for (int64_t line = 0; line < lines; ++line) __builtin_prefetch(row + 64 * line, 0, 3);
 }
 
+// Cache lines of a feature row of C channels.
+template <typename color_t>
+inline int64_t row_lines(int64_t C) {
+  return (C * static_cast<int64_t>(sizeof(color_t)) + 63) / 64;
+}
+
 // out[c] = sum_i w_i f_ic, a block of channels at a time so that the partial sums stay in registers
 // across the samples (per channel, the additions are in sample order as in a row-by-row loop).
 // Blocks of 128 channels (8 AVX-512 registers; on AVX2 16, all of them) read the rows in long runs,
@@ -232,73 +238,97 @@ SSDF_INLINE acc_t dot_and_scale(const color_t* __restrict__ f, const color_t* __
   return fold_lanes(lanes);
 }
 
+// v_i += dL/dw_i through the colour map; gc = dL/d(sum_i w_i color_i) per channel, for the colour
+// gradients.
+template <typename acc_t, typename scalar_t, typename color_t>
+SSDF_INLINE void add_colour_terms(const RayData<scalar_t, color_t>& d, const GradientPointers<scalar_t, color_t>& b,
+                                  int64_t r, const RenderOptions& opt, RayScratch<acc_t>& s, acc_t* gc) {
+  activate_colors<acc_t>(d.rgb_at(r, 0), d.rgb_sample_stride, d.samples, opt.activation, s);
+  const acc_t gain = color_gain<acc_t>(opt.activation);
+  for (int64_t c = 0; c < 3; ++c) gc[c] = gain * static_cast<acc_t>(b.grad_rgb_map[r * 3 + c]);
+  for (int64_t i = 0; i < d.samples; ++i) {
+    const acc_t* color = &s.color[i * 3];
+    s.v[i] += gc[0] * color[0] + gc[1] * color[1] + gc[2] * color[2];
+  }
+}
+
+// v_i += dL/dw_i through the feature map (row i dotted with the map's gradient g), writing the
+// feature gradients w_i g (when wanted) in the same pass over each row; meanwhile prefetches the
+// next ray's rows (prefetch_lines of each; 0: none).
+template <typename acc_t, typename scalar_t, typename color_t>
+SSDF_INLINE void add_feature_terms(const RayData<scalar_t, color_t>& d, const GradientPointers<scalar_t, color_t>& b,
+                                   int64_t r, int64_t prefetch_lines, RayScratch<acc_t>& s) {
+  const int64_t C = d.channels;
+  const color_t* g = b.grad_feature_map + r * C;
+  for (int64_t i = 0; i < d.samples; ++i) {
+    if (prefetch_lines > 0) prefetch_sample(d, r + 1, i, prefetch_lines);
+    s.v[i] += b.grad_features ? dot_and_scale<acc_t, color_t>(d.features_at(r, i), g, s.w[i], b.features_at(r, i), C)
+                              : dot<acc_t, color_t>(d.features_at(r, i), g, C);
+  }
+}
+
+// From v = dL/dw: the reverse scan (v becomes dL/dalpha), each sample's density gradient into
+// s.grad_density, and the ray's dL/dbeta, summed in sample order.
+template <typename acc_t>
+SSDF_INLINE acc_t density_terms(int64_t samples, acc_t beta, const RenderOptions& opt, RayScratch<acc_t>& s) {
+  ray_alpha_gradients<acc_t>(samples, s.alpha.data(), s.transmittance.data(), opt.force_background, s.v.data());
+  for (int64_t i = 0; i < samples; ++i) {
+    const DensityGradient<acc_t> g =
+        density_gradient_from<acc_t>(s.v[i], s.density[i], s.delta[i], beta, s.q[i], s.e[i], opt.sdf_mode);
+    s.grad_density[i] = g.density;
+    s.grad_beta[i] = g.beta;
+  }
+  acc_t grad_beta = acc_t(0);
+  for (int64_t i = 0; i < samples; ++i) grad_beta += s.grad_beta[i];
+  return grad_beta;
+}
+
+// The colour and density gradients of each sample of ray r (in the packed layout the first cache
+// line of each row, still in cache from the feature pass).
+template <typename acc_t, typename scalar_t, typename color_t>
+SSDF_INLINE void write_colour_and_density_gradients(const GradientPointers<scalar_t, color_t>& b, int64_t r,
+                                                    int64_t samples, const RenderOptions& opt, const acc_t* gc,
+                                                    const RayScratch<acc_t>& s) {
+  for (int64_t i = 0; i < samples; ++i) {
+    if (b.grad_rgb) {
+      color_t* out = b.rgb_at(r, i);
+      for (int64_t c = 0; c < 3; ++c) {
+        const acc_t color = s.color[i * 3 + c];
+        const acc_t slope = opt.activation == kIdentity ? acc_t(1) : color * (acc_t(1) - color);
+        out[c] = static_cast<color_t>(gc[c] * s.w[i] * slope);  // activated_color_derivative
+      }
+    }
+    if (b.grad_density) *b.density_at(r, i) = static_cast<scalar_t>(s.grad_density[i]);
+  }
+}
+
 // Rays [begin, end): writes the wanted input gradients and returns this range's dL/dbeta. Per ray:
-// the scan; v_i = dL/dw_i from the colours and the channel dot products, writing the feature
-// gradients (they need only w_i) in the same pass over each row; the reverse scan and the density
-// gradients; then the colour and density gradients of each sample (in the packed layout the first
-// cache line of each row, still in cache). Every gradient element is written once.
+// the scan, v_i = dL/dw_i (colour terms, then the channel dot products, which also write the feature
+// gradients: they need only w_i), the density gradients, then the colour and density gradients.
+// Every gradient element is written once.
 template <typename scalar_t, typename color_t>
 SSDF_CPU_MULTIVERSION scalar_t backward_rays(const RayData<scalar_t, color_t>& d, scalar_t beta, RenderOptions opt,
                                              const GradientPointers<scalar_t, color_t>& b, int64_t begin, int64_t end) {
   using acc_t = scalar_t;
-  const int64_t S = d.samples, C = d.channels;
+  const int64_t S = d.samples;
   const bool features = d.features && b.grad_feature_map;
-  const int64_t lines = features ? (C * static_cast<int64_t>(sizeof(color_t)) + 63) / 64 : 0;  // per row
+  const int64_t lines = features ? row_lines<color_t>(d.channels) : 0;
   RayScratch<acc_t> s(S);
-  const acc_t* __restrict__ w = s.w.data();
-  acc_t* __restrict__ v = s.v.data();
   acc_t grad_beta = acc_t(0);
   for (int64_t r = begin; r < end; ++r) {
     const bool prefetch_next = r + 1 < end;
     if (prefetch_next && !features) {
       for (int64_t i = 0; i < S; ++i) prefetch_sample(d, r + 1, i, 0);
     }
-    const RaySamples<scalar_t> ray = d.ray(r);
-    scan_ray<acc_t>(ray, static_cast<acc_t>(d.ray_norm[r * d.ray_norm_stride]), beta, opt, s);
-    for (int64_t i = 0; i < S; ++i) v[i] = b.grad_weights ? static_cast<acc_t>(b.grad_weights[r * S + i]) : acc_t(0);
-    acc_t gc[3] = {};  // dL/d(sum_i w_i color_i)
-    if (b.grad_rgb_map) {
-      activate_colors<acc_t>(d.rgb_at(r, 0), d.rgb_sample_stride, S, opt.activation, s);
-      const acc_t gain = color_gain<acc_t>(opt.activation);
-      for (int64_t c = 0; c < 3; ++c) gc[c] = gain * static_cast<acc_t>(b.grad_rgb_map[r * 3 + c]);
-      for (int64_t i = 0; i < S; ++i) {
-        const acc_t* color = &s.color[i * 3];
-        v[i] += gc[0] * color[0] + gc[1] * color[1] + gc[2] * color[2];
-      }
-    }
-    const color_t* g = features ? b.grad_feature_map + r * C : nullptr;
-    if (b.grad_features) {
-      for (int64_t i = 0; i < S; ++i) {
-        if (prefetch_next) prefetch_sample(d, r + 1, i, lines);
-        v[i] += dot_and_scale<acc_t, color_t>(d.features_at(r, i), g, w[i], b.features_at(r, i), C);
-      }
-    } else if (features) {
-      for (int64_t i = 0; i < S; ++i) {
-        if (prefetch_next) prefetch_sample(d, r + 1, i, lines);
-        v[i] += dot<acc_t, color_t>(d.features_at(r, i), g, C);
-      }
-    }
-    if (b.grad_density || b.want_beta) {
-      ray_alpha_gradients<acc_t>(S, s.alpha.data(), s.transmittance.data(), opt.force_background, v);
-      for (int64_t i = 0; i < S; ++i) {
-        const DensityGradient<acc_t> dg =
-            density_gradient_from<acc_t>(v[i], s.density[i], s.delta[i], beta, s.q[i], s.e[i], opt.sdf_mode);
-        s.grad_density[i] = dg.density;
-        s.grad_beta[i] = dg.beta;
-      }
-      for (int64_t i = 0; i < S; ++i) grad_beta += s.grad_beta[i];
-    }
+    scan_ray<acc_t>(d.ray(r), static_cast<acc_t>(d.ray_norm[r * d.ray_norm_stride]), beta, opt, s);
     for (int64_t i = 0; i < S; ++i) {
-      if (b.grad_rgb) {
-        color_t* out = b.rgb_at(r, i);
-        for (int64_t c = 0; c < 3; ++c) {
-          const acc_t color = s.color[i * 3 + c];
-          const acc_t slope = opt.activation == kIdentity ? acc_t(1) : color * (acc_t(1) - color);
-          out[c] = static_cast<color_t>(gc[c] * w[i] * slope);  // activated_color_derivative
-        }
-      }
-      if (b.grad_density) *b.density_at(r, i) = static_cast<scalar_t>(s.grad_density[i]);
+      s.v[i] = b.grad_weights ? static_cast<acc_t>(b.grad_weights[r * S + i]) : acc_t(0);
     }
+    acc_t gc[3] = {};
+    if (b.grad_rgb_map) add_colour_terms<acc_t>(d, b, r, opt, s, gc);
+    if (features) add_feature_terms<acc_t>(d, b, r, prefetch_next ? lines : 0, s);
+    if (b.grad_density || b.want_beta) grad_beta += density_terms<acc_t>(S, beta, opt, s);
+    write_colour_and_density_gradients<acc_t>(b, r, S, opt, gc, s);
   }
   return grad_beta;
 }
