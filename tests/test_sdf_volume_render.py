@@ -176,10 +176,13 @@ FLOAT64_CASES = [
     # large S and C only with small batches
     ((7,), 128, None), ((7,), 128, 3), ((7,), 128, 256), ((), 128, 256), ((2, 3, 5), 24, 256), ((2,), 128, 1),
     ((64, 64), 24, 3),  # many rays: the CPU kernel's parallel split and the beta-gradient reduction
+    # the CPU kernel sums channels in blocks of 64: no full block, a full block and a tail, several
+    ((7,), 24, 63), ((2, 3), 24, 65), ((5,), 1, 100), ((3,), 24, 130),
 ]
 FLOAT32_CASES = [
     *itertools.product([(7,), (2, 3, 5)], [2, 24], [None, 3, 256]),
     ((7,), 128, None), ((7,), 128, 256), ((2, 3), 128, 3), ((), 1, 1), ((64, 64), 24, None),
+    ((7,), 24, 63), ((2, 3), 24, 65), ((5,), 1, 100), ((3,), 24, 130), ((16, 16), 24, 260),
 ]
 
 
@@ -419,7 +422,8 @@ def test_opcheck_backward(case, mask, grads_given):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 @pytest.mark.parametrize("force_background", [False, True], ids=["no_bg", "force_bg"])
-@pytest.mark.parametrize("batch, samples, channels", [((7,), 24, 8), ((2, 3), 24, 256), ((5,), 3, None)], ids=str)
+@pytest.mark.parametrize("batch, samples, channels", [((7,), 24, 8), ((2, 3), 24, 256), ((5,), 3, None),
+                                                      ((4,), 24, 100)], ids=str)
 def test_low_precision_against_float32(device, dtype, batch, samples, channels, force_background):
     """float16/bfloat16 rgb and features (float32 sdf, z, |d|, beta) vs the float32 reference on the
     same rounded values: rgb/features outputs and grads within a few ulps of their dtype, weights float32."""
@@ -698,7 +702,7 @@ def _packed_raw(inputs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("channels", [None, 1, 5])
+@pytest.mark.parametrize("channels", [None, 1, 5, 100])
 @pytest.mark.parametrize("force_background", [False, True])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed_batch"])
 def test_raw_layout_op_matches_reference(device, channels, force_background, layout):
@@ -876,3 +880,92 @@ def test_opcheck_packed():
             torch.ops.stylesdf_fast.sdf_volume_render_packed.default,
             (raw, 0, 3, 4, 3, inputs["z_vals"], inputs["ray_norm"], beta, force_background),
         )
+
+
+# --- CPU kernel internals: its vectorised exp, and results independent of the thread count ----------
+
+def _float32_grid():
+    """Float32 values over exp's whole float range [-104, 89] (every 2^9-th bit pattern from a random
+    start, about 4 million), the ends of the range and of the normal/subnormal results, and the
+    special values."""
+    start = int(torch.randint(0, 512, ()).item())
+    positive = torch.arange(start, 0x42B20000, 512, dtype=torch.int64)           # (0, 89]
+    negative = torch.arange(0x80000000 + start, 0xC2D00000, 512, dtype=torch.int64)  # [-104, 0)
+    grid = torch.cat([positive, negative]).to(torch.int32).view(torch.float32)
+    edges = torch.tensor([0.0, -0.0, 88.0, 88.37, 88.72, 88.7228, 88.7229, 88.73, 89.0, 89.5, 1e4, -87.33, -87.34,
+                          -103.0, -103.27, -103.28, -103.97, -103.98, -104.0, -105.0, -1e4, 1e-30, -1e-30,
+                          float("inf"), float("-inf"), float("nan")])
+    near = torch.cat([torch.nextafter(edges, torch.full_like(edges, float("inf"))),
+                      torch.nextafter(edges, torch.full_like(edges, float("-inf")))])
+    return torch.cat([grid, edges, near])
+
+
+def _ulp_distance(a, b):
+    """|a - b| in float32 units in the last place (0 where both are the same NaN or infinity)."""
+    def ordered(x):
+        bits = x.view(torch.int32).to(torch.int64)
+        return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    return torch.where(same, torch.zeros_like(a, dtype=torch.int64), (ordered(a) - ordered(b)).abs())
+
+
+def test_cpu_exp_within_one_ulp():
+    """The CPU kernel's float exp (csrc/common/cpu_exp.h), read off the density-mode gradient: with two
+    samples at depths 0 and 1, |d| = 1 and a cotangent of 1 on w_0 only, d loss / d sigma_0 =
+    delta_0 exp(-sigma_0 delta_0) = exp(-sigma_0) exactly. Against float64 exp rounded to float32."""
+    x = _float32_grid()
+    rays = x.numel()
+    sigma = torch.stack([-x, torch.zeros_like(x)], -1).requires_grad_()
+    z_vals = torch.tensor([0.0, 1.0]).expand(rays, 2)
+    out = ops.density_volume_render(sigma, torch.zeros(rays, 2, 3), None, z_vals, torch.ones(rays),
+                                    rgb_activation="none", impl=KERNEL)
+    cotangent = torch.zeros(rays, 2)
+    cotangent[:, 0] = 1
+    (grad,) = torch.autograd.grad(out.weights, sigma, cotangent)
+    got, expected = grad[:, 0], torch.exp(x.double()).float()
+    ulps = _ulp_distance(got, expected)
+    worst = int(ulps.argmax())
+    assert ulps.max() <= 1, f"exp({x[worst].item()!r}) = {got[worst].item()!r}, expected {expected[worst].item()!r}"
+
+
+def test_cpu_sigmoid_within_two_ulps():
+    """sigmoid(x) = 1 / (1 + exp(-x)) of the CPU kernel's colours, read off rgb with one sample and
+    force_background (w_0 = 1, activation sigmoid), against float64 rounded to float32. Below the
+    normal floats (x < -87.3) float32 gives 0 once exp(-x) overflows, so there the error allowed is
+    the smallest normal float."""
+    x = _float32_grid()
+    rays = x.numel()
+    out = ops.density_volume_render(torch.ones(rays, 1), x.reshape(rays, 1, 1).expand(rays, 1, 3).contiguous(), None,
+                                    torch.zeros(rays, 1), torch.ones(rays), rgb_activation="sigmoid",
+                                    force_background=True, impl=KERNEL)
+    got, expected = out.rgb[:, 0], torch.sigmoid(x.double()).float()
+    tiny = torch.finfo(torch.float32).tiny
+    ulps = torch.where((expected < tiny) & ((got - expected).abs() <= tiny), 0, _ulp_distance(got, expected))
+    worst = int(ulps.argmax())
+    assert ulps.max() <= 2, f"sigmoid({x[worst].item()!r}) = {got[worst].item()!r}, expected {expected[worst].item()!r}"
+
+
+@pytest.mark.parametrize("dtype, channels", [(torch.float32, 256), (torch.float32, 100), (torch.float64, 65)],
+                         ids=str)
+@pytest.mark.parametrize("force_background", [False, True], ids=["no_bg", "force_bg"])
+def test_cpu_bitwise_independent_of_threads(dtype, channels, force_background):
+    """The packed op's outputs and gradients (beta's is a sum over all rays) are bitwise the same run
+    to run and with 1 or several threads: fixed blocks of rays, fixed summation order."""
+    inputs = make_inputs((3, 97), 24, channels, dtype)
+    cot = make_cotangents(inputs)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, max(threads, 2), max(threads, 2)):
+            torch.set_num_threads(count)
+            raw, beta = leaf(_packed_raw(inputs)), leaf(inputs["beta"])
+            out = ops.sdf_volume_render_raw(raw, inputs["z_vals"], inputs["ray_norm"], beta,
+                                            force_background=force_background, impl=KERNEL)
+            grads = torch.autograd.grad((out.rgb, out.features, out.weights), (raw, beta),
+                                        (cot["rgb"], cot["features"], cot["weights"]))
+            results.append(list(out) + list(grads))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

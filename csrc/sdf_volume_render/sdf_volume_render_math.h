@@ -60,10 +60,22 @@ SSDF_HOST_DEVICE inline acc_t sample_interval(const RaySamples<scalar_t>& ray, i
   return acc_t(1e10) * ray_norm;
 }
 
+// q = sigmoid(-s / beta) of an SDF sample (SDF mode): sigma = q / beta.
+template <typename acc_t>
+SSDF_HOST_DEVICE inline acc_t sdf_occupancy(acc_t sdf, acc_t beta) {
+  return sigmoid_of(-sdf / beta);
+}
+
 // sigma from the raw density input: sigmoid(-s / beta) / beta in SDF mode, the input itself otherwise.
 template <typename acc_t>
 SSDF_HOST_DEVICE inline acc_t sample_sigma(acc_t raw, acc_t beta, bool sdf_mode) {
-  return sdf_mode ? sigmoid_of(-raw / beta) / beta : raw;
+  return sdf_mode ? sdf_occupancy(raw, beta) / beta : raw;
+}
+
+// T_{i+1} = T_i (1 - alpha_i + 1e-10).
+template <typename acc_t>
+SSDF_HOST_DEVICE inline acc_t next_transmittance(acc_t t, acc_t alpha) {
+  return t * ((acc_t(1) - alpha) + acc_t(1e-10));
 }
 
 // Forward scan of one ray: alpha_i, T_i and the final weights w_i (after force_background).
@@ -81,7 +93,7 @@ SSDF_HOST_DEVICE inline void ray_weights(const RaySamples<scalar_t>& ray, acc_t 
     if (transmittance) transmittance[i] = t;
     weights[i] = w;
     if (i + 1 < ray.count) sum_but_last += w;
-    t = t * ((acc_t(1) - a) + acc_t(1e-10));
+    t = next_transmittance(t, a);
   }
   if (force_background) weights[ray.count - 1] = acc_t(1) - sum_but_last;
 }
@@ -112,17 +124,25 @@ struct DensityGradient {
   acc_t beta;
 };
 
+// The same from the forward's q = sdf_occupancy(raw, beta) (SDF mode; unused otherwise) and
+// e = exp(-sigma delta) = 1 - alpha, for callers that kept them from the scan.
 template <typename acc_t>
-SSDF_HOST_DEVICE inline DensityGradient<acc_t> sample_density_gradient(acc_t grad_alpha, acc_t raw, acc_t delta,
-                                                                       acc_t beta, bool sdf_mode) {
-  const acc_t sigma = sample_sigma(raw, beta, sdf_mode);
-  const acc_t grad_sigma = grad_alpha * delta * std::exp(-sigma * delta);  // dalpha/dsigma = delta exp(-sigma delta)
+SSDF_HOST_DEVICE inline DensityGradient<acc_t> density_gradient_from(acc_t grad_alpha, acc_t raw, acc_t delta,
+                                                                     acc_t beta, acc_t q, acc_t e, bool sdf_mode) {
+  const acc_t grad_sigma = grad_alpha * delta * e;  // dalpha/dsigma = delta exp(-sigma delta)
   if (!sdf_mode) return {grad_sigma, acc_t(0)};
-  const acc_t q = sigmoid_of(-raw / beta);
   const acc_t q_slope = q * (acc_t(1) - q);
   const acc_t beta2 = beta * beta;
   // dsigma/ds = -q(1-q)/beta^2;  dsigma/dbeta = -q/beta^2 + q(1-q) s / beta^3
   return {-grad_sigma * q_slope / beta2, grad_sigma * (-q / beta2 + q_slope * raw / (beta2 * beta))};
+}
+
+template <typename acc_t>
+SSDF_HOST_DEVICE inline DensityGradient<acc_t> sample_density_gradient(acc_t grad_alpha, acc_t raw, acc_t delta,
+                                                                       acc_t beta, bool sdf_mode) {
+  const acc_t sigma = sample_sigma(raw, beta, sdf_mode);
+  const acc_t q = sdf_mode ? sdf_occupancy(raw, beta) : acc_t(0);
+  return density_gradient_from(grad_alpha, raw, delta, beta, q, std::exp(-sigma * delta), sdf_mode);
 }
 
 // Raw pointers and strides of the inputs, for the hot loops.
