@@ -93,11 +93,17 @@ def with_source_fingerprint(build_ext_class):
     match (stylesdf_fast/_extension.py)."""
     sources = load_sources_module()
 
+    fingerprint = sources.sources_fingerprint(Path(ROOT) / "csrc") + "\n"
+
     class BuildExtWithFingerprint(build_ext_class):
         def build_extension(self, ext):
             super().build_extension(ext)
-            target = Path(self.get_ext_fullpath(ext.name)).with_name(sources.SIDECAR_NAME)
-            target.write_text(sources.sources_fingerprint(Path(ROOT) / "csrc") + "\n")
+            Path(self.get_ext_fullpath(ext.name)).with_name(sources.SIDECAR_NAME).write_text(fingerprint)
+
+        def run(self):
+            super().run()
+            if self.inplace:   # setuptools builds into build/ and copies only the library into the tree
+                (Path(ROOT) / "stylesdf_fast" / sources.SIDECAR_NAME).write_text(fingerprint)
 
     return BuildExtWithFingerprint
 
