@@ -169,7 +169,7 @@ def test_checkout_loads_the_installed_extension_only_when_built_from_its_sources
     assert same.stdout.split()[-2] == str(tmp_path / "stylesdf_fast" / "__init__.py")
     assert same.stdout.split()[-1] == extension
 
-    with open(tmp_path / "csrc" / "ops.h", "a") as f:
+    with open(tmp_path / "csrc" / "ops.cpp", "a") as f:
         f.write("// an edit after the install\n")
     changed = _run_in(tmp_path, "import stylesdf_fast; print(stylesdf_fast.extension_status().describe())")
     assert changed.returncode == 0, changed.stderr
