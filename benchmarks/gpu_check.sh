@@ -3,7 +3,7 @@
 # when they all pass) the GPU benchmarks, each under a time cap. Logs and JSON go to $OUT (default
 # build/gpu_out), the files benchmarks/results/ is filled from.
 #
-#   OUT=/some/dir [CAP_TESTS=240 CAP_OPS=120 CAP_RENDER=150 CAP_TRAIN=150 CAP_TRAIN2=120 SKIP_OPS=1 BENCH_ANYWAY=1] \
+#   OUT=/some/dir [CAP_TESTS=240 CAP_OPS=120 CAP_RENDER=90 CAP_MODEL=90 CAP_TRAIN=150 CAP_TRAIN2=120 SKIP_OPS=1 BENCH_ANYWAY=1] \
 #       bash benchmarks/gpu_check.sh [all|tests|bench]
 #
 # The machine has its own torch and no network: the build uses it (--no-build-isolation --no-deps),
@@ -56,7 +56,8 @@ bench() {  # script label cap args...: writes $OUT/<label>_cuda.{json,txt}
     tail -25 "$OUT/${label}_cuda.txt"
 }
 [ -n "${SKIP_OPS:-}" ] || bench ops_speed ops_speed "${CAP_OPS:-120}"
-bench render_speed render_speed "${CAP_RENDER:-150}"
+bench render_speed render_speed "${CAP_RENDER:-90}"
+bench model_speed model_speed "${CAP_MODEL:-90}"
 # stage 2 with its R1 and path-length terms last: the reference's depthwise-conv double backward is
 # slow on cuDNN (hundreds of ms per call), so it gets few rounds and its own file
 bench train_speed train_speed "${CAP_TRAIN:-150}" --cases stage1,stage2_lazy_reg --repeats 5 --max-seconds 5

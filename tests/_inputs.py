@@ -1,23 +1,12 @@
-"""Input builders and tolerances shared by the tests and the benchmarks (docs/design.md sections 3.7, 3.10)."""
+"""Input builders and tolerances shared by the tests and the benchmarks (docs/design.md sections 3.7,
+3.10). Free of pytest, so that the benchmarks import it without the test extras; the pytest marks
+(devices, kernels present) are in _marks.py."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 import torch
-
-from stylesdf_fast import _extension
-
-# --- devices: CUDA cases skip (calling is_available(), not testing the function object) ----------
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")),
-]
-
-requires_kernels = pytest.mark.skipif(
-    not _extension.status().loaded, reason=f"compiled extension unavailable: {_extension.status().reason}"
-)
 
 # --- the official checkpoints' keys and shapes (every official g, d and g_ema), kept with the tests ----
 OFFICIAL_MANIFEST = Path(__file__).parent / "data" / "official_state_dict_manifest.json"
@@ -115,10 +104,6 @@ def make_fir_kernel(shape, dtype=torch.float64, device="cpu", seed=0) -> torch.T
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device) + 0.1
 
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _extension.status().cuda), reason="needs a CUDA GPU and the CUDA kernels"
-)
-
 
 # --- film_siren cases: x_lin [B, ..., C], gamma and beta [B, C] ------------------------------------
 FILM_SIREN_SHAPES = [
@@ -150,3 +135,47 @@ def make_film_siren_inputs(shape, dtype=torch.float32, device="cpu", param_dtype
     beta = 0.25 * randn(batch, channels) if siren_scale else randn(batch, channels)
     param_dtype = param_dtype or dtype
     return x.to(dtype=dtype, device=device), gamma.to(param_dtype).to(device), beta.to(param_dtype).to(device)
+
+
+# --- sdf_volume_render inputs: sdf [..., S], rgb [..., S, 3], features [..., S, C] -------------------
+def volume_render_inputs(lead, samples, channels, dtype=torch.float64, device="cpu", *, beta=None,
+                         feature_dtype=None, seed=0) -> dict:
+    """Realistic StyleSDF inputs for `lead` rays: increasing depths in [0.88, 1.12] (StyleSDF's near and
+    far), |d| in [1, 1.1], beta about 0.1, an SDF that crosses zero along the ray plus randn * 0.1
+    noise. Drawn in float64 on the CPU from `seed`, then cast, so every dtype and device sees the same
+    values. channels=None means features=None. Returns sdf, rgb, features, z_vals, ray_norm, beta [1]."""
+    generator = torch.Generator().manual_seed(seed)
+    lead = tuple(lead)
+    shape = lead + (samples,)
+
+    def uniform(size, low, high):
+        return low + (high - low) * torch.rand(size, generator=generator, dtype=torch.float64)
+
+    def randn(size):
+        return torch.randn(size, generator=generator, dtype=torch.float64)
+
+    z_vals = torch.sort(uniform(shape, 0.88, 1.12), dim=-1).values
+    ray_norm = uniform(lead, 1.0, 1.1)
+    surface = uniform(lead + (1,), 0.9, 1.1)
+    sdf = 0.5 * (surface - z_vals) + 0.1 * randn(shape)
+    rgb = randn(shape + (3,))
+    features = None if channels is None else randn(shape + (channels,))
+    if beta is None:
+        beta = 0.1 * (0.8 + 0.4 * torch.rand((), generator=generator, dtype=torch.float64).item())
+    feature_dtype = feature_dtype or dtype
+    return dict(
+        sdf=sdf.to(dtype=dtype, device=device),
+        rgb=rgb.to(dtype=feature_dtype, device=device),
+        features=None if features is None else features.to(dtype=feature_dtype, device=device),
+        z_vals=z_vals.to(dtype=dtype, device=device),
+        ray_norm=ray_norm.to(dtype=dtype, device=device),
+        beta=torch.tensor([beta], dtype=dtype, device=device),
+    )
+
+
+def pack_raw(inputs: dict) -> torch.Tensor:
+    """The network output layout StyleSDF renders from: raw [..., S, 4 + C] = (rgb, sdf, features)."""
+    parts = [inputs["rgb"], inputs["sdf"].unsqueeze(-1).to(inputs["rgb"].dtype)]
+    if inputs["features"] is not None:
+        parts.append(inputs["features"])
+    return torch.cat(parts, dim=-1)

@@ -6,7 +6,7 @@ from torch import nn
 
 from stylesdf_fast import ops
 
-from _inputs import requires_kernels
+from _marks import requires_kernels
 
 pytestmark = requires_kernels
 

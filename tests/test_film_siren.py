@@ -9,16 +9,8 @@ import torch.nn.functional as F
 import stylesdf_fast
 from stylesdf_fast import ops, reference
 
-from _inputs import (
-    DEVICES,
-    FILM_SIREN_SHAPES,
-    assert_close,
-    assert_scaled_close,
-    leaf,
-    make_film_siren_inputs,
-    requires_cuda,
-    requires_kernels,
-)
+from _inputs import FILM_SIREN_SHAPES, assert_close, assert_scaled_close, leaf, make_film_siren_inputs
+from _marks import DEVICES, requires_cuda, requires_kernels
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 

@@ -6,7 +6,8 @@ import torch
 from stylesdf_fast import ops, reference
 from stylesdf_fast.ops import FusedLeakyReLU
 
-from _inputs import DEVICES, LAYOUTS, assert_close, leaf, requires_cuda, requires_kernels, with_layout
+from _inputs import LAYOUTS, assert_close, leaf, with_layout
+from _marks import DEVICES, requires_cuda, requires_kernels
 
 pytestmark = requires_kernels
 

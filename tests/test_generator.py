@@ -8,7 +8,8 @@ import torch
 from stylesdf_fast.models.cameras import generate_camera_params
 from stylesdf_fast.models.generator import Generator, generator_config_from_state_dict, load_generator
 
-from _inputs import official_manifest, requires_kernels
+from _inputs import official_manifest
+from _marks import requires_kernels
 
 CONFIGS = {
     "vol_renderer.g_ema": dict(full_pipeline=False),

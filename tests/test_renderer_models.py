@@ -18,7 +18,8 @@ from stylesdf_fast.models.renderer import (
     sample_depths,
 )
 
-from _inputs import official_manifest, requires_kernels
+from _inputs import official_manifest
+from _marks import requires_kernels
 
 LEAKY_GAIN = math.sqrt(2 / (1 + 0.2**2))
 NEAR, FAR = 0.88, 1.12

@@ -2,13 +2,15 @@
 of sdf, rgb, features and beta, also through the weights), the StyleSDF raw-output layout as strided
 views, gradcheck, opcheck, half storage, extreme values, NeRF density mode, bad input."""
 import itertools
+import zlib
 
 import pytest
 import torch
 
 from stylesdf_fast import ops, reference
 
-from _inputs import DEVICES, SAME_DTYPE_TOL, assert_close, leaf, requires_cuda, requires_kernels
+from _inputs import SAME_DTYPE_TOL, assert_close, leaf, pack_raw, volume_render_inputs
+from _marks import DEVICES, requires_cuda, requires_kernels
 
 pytestmark = requires_kernels
 
@@ -21,28 +23,11 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 # --- inputs ---------------------------------------------------------------------------------------
 
 def make_inputs(batch, samples, channels, dtype=torch.float64, device="cpu", *, beta=None, feature_dtype=None):
-    """Realistic StyleSDF inputs: increasing depths in [0.88, 1.12], |d| in [1, 1.1], beta about 0.1,
-    an SDF that crosses zero along the ray plus randn * 0.1 noise. Drawn in float64 on the CPU, then
-    cast, so every dtype/device sees the same values. channels=None means features=None."""
-    batch = tuple(batch)
-    shape = batch + (samples,)
-    z_vals = torch.sort(torch.empty(shape, dtype=torch.float64).uniform_(0.88, 1.12), dim=-1).values
-    ray_norm = 1 + 0.1 * torch.rand(batch, dtype=torch.float64)
-    surface = torch.empty(batch + (1,), dtype=torch.float64).uniform_(0.9, 1.1)
-    sdf = 0.5 * (surface - z_vals) + 0.1 * torch.randn(shape, dtype=torch.float64)
-    rgb = torch.randn(shape + (3,), dtype=torch.float64)
-    features = None if channels is None else torch.randn(shape + (channels,), dtype=torch.float64)
-    if beta is None:
-        beta = 0.1 * (0.8 + 0.4 * torch.rand((), dtype=torch.float64).item())
-    feature_dtype = feature_dtype or dtype
-    return dict(
-        sdf=sdf.to(dtype=dtype, device=device),
-        rgb=rgb.to(dtype=feature_dtype, device=device),
-        features=None if features is None else features.to(dtype=feature_dtype, device=device),
-        z_vals=z_vals.to(dtype=dtype, device=device),
-        ray_norm=ray_norm.to(dtype=dtype, device=device),
-        beta=torch.tensor([beta], dtype=dtype, device=device),
-    )
+    """The shared builder (_inputs.volume_render_inputs), seeded by the shape: each case sees its own
+    values, the same in every run and test selection."""
+    seed = zlib.crc32(repr((tuple(batch), samples, channels)).encode())
+    return volume_render_inputs(batch, samples, channels, dtype, device, beta=beta, feature_dtype=feature_dtype,
+                                seed=seed)
 
 
 def make_cotangents(inputs, out_dtype=None):
@@ -257,12 +242,7 @@ def test_raw_layout_views(device, dtype, batch, samples, channels, force_backgro
     """raw [..., S, 4 + C] (rgb, sdf, features): rgb = raw[..., :3], sdf = raw[..., 3],
     features = raw[..., 4:]; gradients flow back into raw."""
     inputs = make_inputs(batch, samples, channels, dtype, device)
-    width = 4 + (channels or 0)
-    raw = torch.empty(tuple(batch) + (samples, width), dtype=dtype, device=device)
-    raw[..., :3] = inputs["rgb"]
-    raw[..., 3] = inputs["sdf"]
-    if channels:
-        raw[..., 4:] = inputs["features"]
+    raw = pack_raw(inputs)
     cot = make_cotangents(inputs)
     results = []
     for impl in (KERNEL, "reference"):

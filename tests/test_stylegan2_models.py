@@ -22,7 +22,8 @@ from stylesdf_fast.models.stylegan2 import (
 )
 from stylesdf_fast.ops import make_kernel
 
-from _inputs import assert_close, official_manifest, requires_kernels
+from _inputs import assert_close, official_manifest
+from _marks import requires_kernels
 
 # Counts of stored numbers given by docs/official.md sections 2.3 / 2.4 (the decoder's = full G minus the renderer's).
 DOCUMENTED_NUMEL = {

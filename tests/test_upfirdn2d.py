@@ -7,18 +7,8 @@ import torch
 
 from stylesdf_fast import ops, reference
 
-from _inputs import (
-    DEVICES,
-    LAYOUTS,
-    UPFIRDN_CASES,
-    assert_close,
-    leaf,
-    make_fir_kernel,
-    requires_cuda,
-    requires_kernels,
-    upfirdn_case_ids,
-    with_layout,
-)
+from _inputs import LAYOUTS, UPFIRDN_CASES, assert_close, leaf, make_fir_kernel, upfirdn_case_ids, with_layout
+from _marks import DEVICES, requires_cuda, requires_kernels
 
 pytestmark = requires_kernels
 # the submodule (the package attribute of the same name is the function)

@@ -11,7 +11,8 @@ import torch
 
 from .memory import MIB, peak_memory
 
-__all__ = ["default_device", "synchronize", "time_step", "time_interleaved", "measure_step"]
+__all__ = ["default_device", "synchronize", "time_step", "time_interleaved", "time_interleaved_unequal",
+           "warm_up_with_peak_memory", "measure_step"]
 
 
 def default_device() -> str:
@@ -111,6 +112,29 @@ def time_interleaved(
                    "times_ms": [x * 1e3 for x in t]} for name, t in times.items()}
 
 
+def warm_up_with_peak_memory(step: Callable[[], object], *, device, warmup: int = 2,
+                             setup: Optional[Callable[[], None]] = None) -> int:
+    """Warm-up calls of one step, one of them measuring its peak memory (bytes, bench.memory).
+    CPU: the profiled peak-memory call comes first and counts as the first warm-up call; when it took
+    longer than 1 s no other is made (slow CPU references would otherwise dominate the run).
+    CUDA: `warmup` calls, then the peak-memory call."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        start = time.perf_counter()
+        peak = peak_memory(step, device=device, setup=setup)
+        more = 0 if time.perf_counter() - start > 1.0 else max(warmup - 1, 0)
+    else:
+        more, peak = max(warmup, 1), None
+    for _ in range(more):
+        if setup is not None:
+            setup()
+        step()
+    if peak is None:
+        synchronize(device)
+        peak = peak_memory(step, device=device, setup=setup)
+    return peak
+
+
 def measure_step(
     step: Callable[[], object],
     *,
@@ -121,22 +145,33 @@ def measure_step(
     max_seconds: Optional[float] = None,
     min_repeats: int = 3,
 ) -> Dict[str, object]:
-    """time_step + peak_memory of one step: {"median_ms", ..., "peak_bytes", "peak_mib"}.
-
-    CUDA: warm-up, then the timed calls, then one call for the peak memory.
-    CPU: the profiled peak-memory call comes first and counts as the first warm-up call; when it took
-    longer than 1 s no other warm-up is made (slow CPU references would otherwise dominate the run).
-    """
-    device = torch.device(device)
-    if device.type == "cpu":
-        start = time.perf_counter()
-        peak = peak_memory(step, device=device, setup=setup)
-        first_call_s = time.perf_counter() - start
-        more_warmup = 0 if first_call_s > 1.0 else max(warmup - 1, 0)
-        timing = time_step(step, device=device, repeats=repeats, warmup=more_warmup, setup=setup,
-                           max_seconds=max_seconds, min_repeats=min_repeats)
-    else:
-        timing = time_step(step, device=device, repeats=repeats, warmup=max(warmup, 1), setup=setup,
-                           max_seconds=max_seconds, min_repeats=min_repeats)
-        peak = peak_memory(step, device=device, setup=setup)
+    """warm_up_with_peak_memory, then time_step: {"median_ms", ..., "peak_bytes", "peak_mib"}."""
+    peak = warm_up_with_peak_memory(step, device=device, warmup=warmup, setup=setup)
+    timing = time_step(step, device=device, repeats=repeats, warmup=0, setup=setup,
+                       max_seconds=max_seconds, min_repeats=min_repeats)
     return {**timing, "peak_bytes": peak, "peak_mib": peak / MIB}
+
+
+def time_interleaved_unequal(
+    steps: Dict[str, Callable[[], object]],
+    repeats: Dict[str, int],
+    *,
+    device,
+    max_seconds: Optional[float] = None,
+) -> Dict[str, Dict[str, object]]:
+    """time_interleaved for steps that want different numbers of timed calls (a fast kernel timed 10
+    times against a slow reference timed 5): as many rounds as the fewest repeats asked for, and a
+    step that wants more is called that many times more per round. Returns {name: time_step's dict
+    + "rounds"}; stops early once the rounds took `max_seconds` per step and 3 were made."""
+    rounds = max(1, min(repeats.values()))
+    copies = {name: max(1, -(-repeats[name] // rounds)) for name in steps}
+    expanded = {f"{name}#{k}": step for name, step in steps.items() for k in range(copies[name])}
+    timings = time_interleaved(expanded, device=device, repeats=rounds, min_repeats=min(3, rounds),
+                               max_seconds=None if max_seconds is None else max_seconds * len(steps))
+    results = {}
+    for name in steps:
+        times = [t for k in range(copies[name]) for t in timings[f"{name}#{k}"]["times_ms"]]
+        results[name] = {"median_ms": statistics.median(times), "min_ms": min(times),
+                         "mean_ms": statistics.fmean(times), "max_ms": max(times), "repeats": len(times),
+                         "times_ms": times, "rounds": len(times) // copies[name]}
+    return results
