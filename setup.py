@@ -49,7 +49,10 @@ def build_extension():
     sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
     torch_version = torch.__version__.split("+")[0]
     define_macros = [("STYLESDF_FAST_TORCH_VERSION", f'"{torch_version}"')]
-    cxx_flags = ["-O3"]  # the C++ standard is chosen by torch (17 or 20)
+    # the C++ standard is chosen by torch (17 or 20). No FMA contraction: a vectorised loop may start
+    # with a few scalar iterations for alignment, and with contraction those round differently from
+    # the vector body, so results would depend on where a buffer happens to start (run to run).
+    cxx_flags = ["-O3", "-ffp-contract=off"]
     extra_link_args = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is header code: without OpenMP here it silently runs on one thread.

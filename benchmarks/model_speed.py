@@ -247,13 +247,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_common_arguments(parser, "model_speed", repeats=3, quick_repeats=2, max_seconds=3.0, cases=CASE_NAMES)
     parser.add_argument("--batch", type=int, default=None,
                         help="images per step (default 1 on CPU, 4 on CUDA: the official per-GPU batch)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
     args = run.finish_arguments(parser.parse_args(argv))
     if args.batch is None:
         args.batch = 4 if args.device == "cuda" else 1
     if args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
-    args.copy_mib = 8   # begin_run's copy-bandwidth probe: not used for this benchmark's figures
     return args
 
 

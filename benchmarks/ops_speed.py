@@ -245,13 +245,8 @@ def evaluate_targets(rows: List[Dict[str, object]], device_type: str) -> report.
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     run.add_common_arguments(parser, "ops_speed", repeats=10, quick_repeats=3, max_seconds=3.0,
-                             cases=("upsample", "blur", "blur_p11", "downsample", "bias_act", "film_siren"))
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    parser.add_argument("--copy-mib", type=int, default=None,
-                        help="size of the copy-bandwidth tensor (default 256 MiB, 8 with --quick)")
+                             cases=("upsample", "blur", "blur_p11", "downsample", "bias_act", "film_siren"), bandwidth=True)
     args = run.finish_arguments(parser.parse_args(argv))
-    if args.copy_mib is None:
-        args.copy_mib = 8 if args.quick else 256
     return args
 
 

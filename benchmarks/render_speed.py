@@ -244,15 +244,10 @@ def print_report(cases: List[Case], rows: List[Dict[str, object]]) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     run.add_common_arguments(parser, "render_speed", repeats=10, quick_repeats=3, max_seconds=3.0,
-                             cases=[c.name for c in make_cases(False)])
+                             cases=[c.name for c in make_cases(False)], bandwidth=True)
     parser.add_argument("--reference-repeats", type=int, default=5,
                         help="at most this many timed calls of the slow row, and so rounds (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    parser.add_argument("--copy-mib", type=int, default=None,
-                        help="size of the copy-bandwidth tensor (default 256 MiB, 8 with --quick)")
     args = run.finish_arguments(parser.parse_args(argv))
-    if args.copy_mib is None:
-        args.copy_mib = 8 if args.quick else 256
     return args
 
 

@@ -118,7 +118,8 @@ def run_case(case: str, shapes: dict, variants, device: torch.device, repeats: i
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    run.add_common_arguments(parser, "train_speed", repeats=7, quick_repeats=1, max_seconds=20.0, cases=CASES)
+    run.add_common_arguments(parser, "train_speed", repeats=7, quick_repeats=1, max_seconds=20.0, cases=CASES,
+                             warmup=False)
     parser.add_argument("--shapes", choices=("small", "official"), default=None,
                         help="default: small on CPU, official on GPU")
     return run.finish_arguments(parser.parse_args(argv))

@@ -185,18 +185,33 @@ def test_generate_cli_renderer_only_checkpoint_meshes_the_sphere(sphere_ckpt, tm
     assert Image.open(out / "images" / "0000000.png").size == (16, 16)     # thumbnails are the images
 
 
-def test_generate_cli_official_mesh_mapping_is_wider(sphere_ckpt, tmp_path):
-    """--official-mesh-mapping places the vertices as the official script (0.5-2% too wide)."""
-    extents = {}
+def _official_grid_indices(vertices, resolution, near=0.88, far=1.12):
+    """Inverts the official placement v -> (v / n - 0.5) (far - near) (y and z negated): [V, 3] indices."""
+    extent = far - near
+    return np.stack([(vertices[:, 0] / extent + 0.5) * resolution, (-vertices[:, 1] / extent + 0.5) * resolution,
+                     (0.5 - vertices[:, 2] / extent) * resolution], axis=1)
+
+
+def test_generate_cli_official_mesh_mapping(sphere_ckpt, tmp_path):
+    """--official-mesh-mapping places the same marching-cubes mesh as the official script: in its grid,
+    every vertex lies on a cube edge (two of its three indices whole numbers); ours does not."""
+    meshes = {}
     for name, flags in (("ours", []), ("official", ["--official-mesh-mapping", "--fixed-noise"])):
         out = tmp_path / name
         assert generate.main(["--ckpt", str(sphere_ckpt), "--identities", "1", "--outdir", str(out),
                               "--mesh-resolution", "24", *flags]) == 0
         summary = json.loads((out / "generation.json").read_text())
-        mesh = trimesh.load(out / summary["identities"][0]["marching_cubes_mesh"], process=False)
-        extents[name] = mesh.extents
+        meshes[name] = trimesh.load(out / summary["identities"][0]["marching_cubes_mesh"], process=False)
     assert summary["mesh_mapping"] == "official" and summary["noise"] == "fixed buffers"
-    assert (extents["official"][:2] > extents["ours"][:2]).all()
+    assert np.array_equal(meshes["official"].faces, meshes["ours"].faces)   # the same SDF, the same cubes
+
+    def on_cube_edges(mesh):
+        indices = _official_grid_indices(np.asarray(mesh.vertices, dtype=np.float64), 24)
+        whole = np.abs(indices - np.round(indices)) < 1e-3
+        return whole.sum(axis=1) >= 2
+
+    assert on_cube_edges(meshes["official"]).all()
+    assert not on_cube_edges(meshes["ours"]).all()
 
 
 def test_render_video_cli(tiny_full_ckpt, tmp_path):

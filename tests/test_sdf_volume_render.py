@@ -1,6 +1,7 @@
 """sdf_volume_render / density_volume_render: kernel vs the StyleSDF reference (forward and gradients
 of sdf, rgb, features and beta, also through the weights), the StyleSDF raw-output layout as strided
 views, gradcheck, opcheck, half storage, extreme values, NeRF density mode, bad input."""
+import ctypes
 import itertools
 import zlib
 
@@ -100,7 +101,7 @@ def check_same(got, expected, dtype=None, msg=""):
 
 def independent_transcription(sdf, rgb, features, z_vals, ray_norm, beta, force_background):
     """StyleSDF's volume_integration written per ray and per sample with scalar loops, from
-    KERNELS.md section 1, independently of stylesdf_fast.reference (small inputs only)."""
+    docs/kernels.md section 1, independently of stylesdf_fast.reference (small inputs only)."""
     lead, samples = sdf.shape[:-1], sdf.shape[-1]
     rays = sdf.reshape(-1, samples).shape[0]
     sdf2, z2, n2 = sdf.reshape(rays, samples), z_vals.reshape(rays, samples), ray_norm.reshape(rays)
@@ -542,6 +543,37 @@ def test_auto_is_kernel(force_background):
         assert torch.equal(a, k)
     for name in grads_k:
         assert torch.equal(grads_a[name], grads_k[name])
+
+
+def _render_and_grads(raw, inputs, channels):
+    beta = leaf(inputs["beta"])
+    out = ops.sdf_volume_render_raw(raw, inputs["z_vals"], inputs["ray_norm"], beta)
+    maps = [out.rgb] + ([out.features] if channels else [])
+    grads = torch.autograd.grad(maps, (raw, beta), [torch.ones_like(m) for m in maps])
+    return (out.rgb, out.weights) + grads
+
+
+@pytest.mark.parametrize("samples, channels", [(8, 0), (8, 17), (9, 1), (24, 32)], ids=str)
+def test_cpu_results_do_not_depend_on_buffer_alignment(samples, channels):
+    """Bitwise the same results call after call while the C heap shifts under the kernel's scratch
+    buffers (a vectorised loop peels a few scalar iterations to reach alignment: with FMA contraction
+    those rounded differently from the vector body, and the results changed from call to call)."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    inputs = volume_render_inputs((3, 5), samples, channels or None, torch.float32)
+    raw = leaf(pack_raw(inputs))
+    first = _render_and_grads(raw, inputs, channels)
+    held = []
+    try:
+        for shift in range(1, 24):
+            held.append(libc.malloc(8 * shift + 4))   # moves where the next small allocations start
+            for name, a, b in zip(("rgb", "weights", "grad raw", "grad beta"), first,
+                                  _render_and_grads(raw, inputs, channels)):
+                assert torch.equal(a, b), f"{name} changed after heap shift {shift}"
+    finally:
+        for pointer in held:
+            libc.free(pointer)
 
 
 def test_no_grad_and_inference_mode():

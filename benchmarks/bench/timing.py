@@ -11,7 +11,7 @@ import torch
 
 from .memory import MIB, peak_memory
 
-__all__ = ["default_device", "synchronize", "time_step", "time_interleaved", "time_interleaved_unequal",
+__all__ = ["default_device", "synchronize", "timed_call", "time_step", "time_interleaved", "time_interleaved_unequal",
            "warm_up_with_peak_memory", "measure_step"]
 
 
@@ -22,6 +22,17 @@ def default_device() -> str:
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_call(step: Callable[[], object], setup: Optional[Callable[[], None]], device) -> float:
+    """Seconds of one call of `step()` (after `setup()`, untimed), the device synchronised around it."""
+    if setup is not None:
+        setup()
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def time_step(
@@ -42,24 +53,12 @@ def time_step(
     of timed calls and every time.
     """
     for _ in range(max(warmup, 0)):
-        if setup is not None:
-            setup()
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        if time.perf_counter() - start > 1.0:
+        if timed_call(step, setup, device) > 1.0:
             break
     times: List[float] = []
     spent = 0.0
     for _ in range(max(repeats, 1)):
-        if setup is not None:
-            setup()
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        elapsed = time.perf_counter() - start
+        elapsed = timed_call(step, setup, device)
         times.append(elapsed)
         spent += elapsed
         if max_seconds is not None and spent >= max_seconds and len(times) >= min_repeats:
@@ -96,13 +95,7 @@ def time_interleaved(
     for round_index in range(max(repeats, 1)):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            if setups.get(name) is not None:
-                setups[name]()
-            synchronize(device)
-            start = time.perf_counter()
-            steps[name]()
-            synchronize(device)
-            elapsed = time.perf_counter() - start
+            elapsed = timed_call(steps[name], setups.get(name), device)
             times[name].append(elapsed)
             spent += elapsed
         if max_seconds is not None and spent >= max_seconds and round_index + 1 >= min_repeats:

@@ -129,15 +129,9 @@ void backward_rows(const scalar_t* grad, const scalar_t* out, scalar_t* grad_inp
 
 at::Tensor fused_leaky_relu_cpu(const at::Tensor& input_arg, const std::optional<at::Tensor>& bias_arg,
                                 double negative_slope, double scale) {
-  check_fused_leaky_relu_args(input_arg, negative_slope, scale);
-  const ChannelLayout layout = channel_layout_of(input_arg);
-  const at::Tensor input = dense_in(input_arg, layout.format);
-  at::Tensor bias;
-  if (bias_arg.has_value() && bias_arg->defined()) {
-    check_bias(input, *bias_arg);
-    bias = bias_arg->contiguous();
-  }
-  at::Tensor output = at::empty(input.sizes(), input.options().memory_format(layout.format));
+  const ForwardArgs a = prepare_forward(input_arg, bias_arg, negative_slope, scale);
+  const ChannelLayout& layout = a.layout;
+  const at::Tensor &input = a.input, &bias = a.bias, &output = a.output;
   if (input.numel() == 0) return output;
   const RowView view = row_view_of(input, layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fused_leaky_relu_cpu", [&] {

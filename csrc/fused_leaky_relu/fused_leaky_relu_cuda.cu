@@ -66,16 +66,10 @@ std::vector<int64_t> all_dims_but_channel(int64_t rank) {
 
 at::Tensor fused_leaky_relu_cuda(const at::Tensor& input_arg, const std::optional<at::Tensor>& bias_arg,
                                  double negative_slope, double scale) {
-  check_fused_leaky_relu_args(input_arg, negative_slope, scale);
   const c10::cuda::CUDAGuard device_guard(input_arg.device());
-  const ChannelLayout layout = channel_layout_of(input_arg);
-  const at::Tensor input = dense_in(input_arg, layout.format);
-  at::Tensor bias;
-  if (bias_arg.has_value() && bias_arg->defined()) {
-    check_bias(input, *bias_arg);
-    bias = bias_arg->contiguous();
-  }
-  at::Tensor output = at::empty(input.sizes(), input.options().memory_format(layout.format));
+  const ForwardArgs a = prepare_forward(input_arg, bias_arg, negative_slope, scale);
+  const ChannelLayout& layout = a.layout;
+  const at::Tensor &input = a.input, &bias = a.bias, &output = a.output;
   const int64_t n = input.numel();
   if (n == 0) return output;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 #include "../common/memory_format.h"
 
 namespace stylesdf_fast {
@@ -54,6 +56,27 @@ inline void check_bias(const at::Tensor& input, const at::Tensor& bias) {
               " differs from input dtype ", input.scalar_type());
   TORCH_CHECK(bias.device() == input.device(), "fused_leaky_relu: bias is on ", bias.device(), ", input on ",
               input.device());
+}
+
+// The forward's operands, checked and dense in the input's layout, and its (uninitialised) output.
+struct ForwardArgs {
+  ChannelLayout layout;
+  at::Tensor input;   // dense in layout.format
+  at::Tensor bias;    // [C] contiguous, or undefined
+  at::Tensor output;  // like input
+};
+
+inline ForwardArgs prepare_forward(const at::Tensor& input_arg, const std::optional<at::Tensor>& bias_arg,
+                                   double negative_slope, double scale) {
+  check_fused_leaky_relu_args(input_arg, negative_slope, scale);
+  ForwardArgs a{channel_layout_of(input_arg), {}, {}, {}};
+  a.input = dense_in(input_arg, a.layout.format);
+  if (bias_arg.has_value() && bias_arg->defined()) {
+    check_bias(a.input, *bias_arg);
+    a.bias = bias_arg->contiguous();
+  }
+  a.output = at::empty(a.input.sizes(), a.input.options().memory_format(a.layout.format));
+  return a;
 }
 
 }  // namespace stylesdf_fast

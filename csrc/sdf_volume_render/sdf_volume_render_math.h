@@ -1,4 +1,4 @@
-// Per-sample and per-ray math of the volume aggregation (KERNELS.md section 1), shared by the CPU
+// Per-sample and per-ray math of the volume aggregation (docs/kernels.md section 1), shared by the CPU
 // loop and the CUDA kernel. acc_t is float (also for half/bfloat16 colours) or double.
 //
 //   delta_i = (z_{i+1} - z_i) |d|  (i < S-1),   delta_{S-1} = 1e10 |d|
