@@ -3,6 +3,9 @@ of sdf, rgb, features and beta, also through the weights), the StyleSDF raw-outp
 views, gradcheck, opcheck, half storage, extreme values, NeRF density mode, bad input."""
 import ctypes
 import itertools
+import os
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -574,6 +577,46 @@ def test_cpu_results_do_not_depend_on_buffer_alignment(samples, channels):
     finally:
         for pointer in held:
             libc.free(pointer)
+
+
+HUGE_PAGE_PROBE = """
+import torch
+from stylesdf_fast import ops
+raw = torch.randn(64, 64, 24, 40, requires_grad=True)   # a 15 MiB network output and gradient
+z_vals = torch.linspace(0.88, 1.12, 24).expand(64, 64, 24)
+out = ops.sdf_volume_render_raw(raw, z_vals, torch.ones(64, 64), torch.tensor([0.1]), impl="kernel")
+(grad,) = torch.autograd.grad((out.rgb.sum() + out.features.sum(),), (raw,))
+start, end = grad.data_ptr(), grad.data_ptr() + grad.nbytes
+inside, huge_kib = False, 0
+for line in open("/proc/self/smaps"):
+    fields = line.split()
+    if "-" in fields[0] and ":" not in fields[0]:
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        inside = low < end and start < high
+    elif inside and fields[0] == "AnonHugePages:":
+        huge_kib += int(fields[1])
+print(huge_kib)
+"""
+
+
+def _transparent_huge_pages_setting() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif("[madvise]" not in _transparent_huge_pages_setting(),
+                    reason="needs Linux transparent huge pages in madvise mode")
+def test_cpu_raw_gradient_is_on_huge_pages_without_the_allocator_setting():
+    """With THP_MEM_ALLOC_ENABLE=0 (torch's allocator on 4 KiB pages), the op still asks for huge
+    pages under the large gradient it writes: most of its time would otherwise be page faults."""
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
+    done = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) >= 2048, done.stdout   # at least one 2 MiB page
 
 
 def test_no_grad_and_inference_mode():

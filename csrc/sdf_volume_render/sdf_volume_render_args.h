@@ -15,6 +15,7 @@
 #include <optional>
 #include <utility>
 
+#include "../common/huge_pages.h"
 #include "sdf_volume_render_math.h"
 
 namespace stylesdf_fast {
@@ -157,7 +158,7 @@ inline BackwardTensors make_backward_tensors(const VolumeRenderInputs& in,
   t.write_features = want_features && t.grad_feature_map.defined();
   const auto sized = [](bool wanted, bool written, at::IntArrayRef shape, const at::TensorOptions& options) {
     if (!wanted) return at::empty({0}, options);
-    return written ? at::empty(shape, options) : at::zeros(shape, options);
+    return written ? empty_output(shape, options) : at::zeros(shape, options);
   };
   t.grad_density = sized(output_mask[0], true, {in.rays, in.samples}, in.density.options());
   t.grad_rgb = sized(output_mask[1], t.write_rgb, {in.rays, in.samples, 3}, in.rgb.options());
@@ -247,7 +248,7 @@ inline std::tuple<at::Tensor, at::Tensor> packed_backward(
   if (output_mask[0]) {
     const bool covered = 4 + p.channels == raw.size(2) && t.grad_rgb_map.defined() &&
                          (p.channels == 0 || t.grad_feature_map.defined());
-    grad_raw = covered ? at::empty(raw.sizes(), raw.options()) : at::zeros(raw.sizes(), raw.options());
+    grad_raw = covered ? empty_output(raw.sizes(), raw.options()) : at::zeros(raw.sizes(), raw.options());
     const auto [grad_sdf, grad_rgb, grad_features] = packed_views(grad_raw, p);
     t.grad_density = grad_sdf;
     t.write_density = true;
