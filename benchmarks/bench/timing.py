@@ -11,7 +11,7 @@ import torch
 
 from .memory import MIB, peak_memory
 
-__all__ = ["default_device", "synchronize", "timed_call", "time_step", "time_interleaved", "time_interleaved_unequal",
+__all__ = ["default_device", "synchronize", "summarize", "timed_call", "time_step", "time_interleaved", "time_interleaved_unequal",
            "warm_up_with_peak_memory", "measure_step"]
 
 
@@ -22,6 +22,12 @@ def default_device() -> str:
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def summarize(times_ms: List[float]) -> Dict[str, object]:
+    """median/min/mean/max (ms), the number of timed calls and every time, from times in ms."""
+    return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms), "mean_ms": statistics.fmean(times_ms),
+            "max_ms": max(times_ms), "repeats": len(times_ms), "times_ms": list(times_ms)}
 
 
 def timed_call(step: Callable[[], object], setup: Optional[Callable[[], None]], device) -> float:
@@ -63,14 +69,7 @@ def time_step(
         spent += elapsed
         if max_seconds is not None and spent >= max_seconds and len(times) >= min_repeats:
             break
-    return {
-        "median_ms": statistics.median(times) * 1e3,
-        "min_ms": min(times) * 1e3,
-        "mean_ms": statistics.fmean(times) * 1e3,
-        "max_ms": max(times) * 1e3,
-        "repeats": len(times),
-        "times_ms": [t * 1e3 for t in times],
-    }
+    return summarize([t * 1e3 for t in times])
 
 
 def time_interleaved(
@@ -100,9 +99,7 @@ def time_interleaved(
             spent += elapsed
         if max_seconds is not None and spent >= max_seconds and round_index + 1 >= min_repeats:
             break
-    return {name: {"median_ms": statistics.median(t) * 1e3, "min_ms": min(t) * 1e3,
-                   "mean_ms": statistics.fmean(t) * 1e3, "max_ms": max(t) * 1e3, "repeats": len(t),
-                   "times_ms": [x * 1e3 for x in t]} for name, t in times.items()}
+    return {name: summarize([x * 1e3 for x in t]) for name, t in times.items()}
 
 
 def warm_up_with_peak_memory(step: Callable[[], object], *, device, warmup: int = 2,
@@ -164,7 +161,5 @@ def time_interleaved_unequal(
     results = {}
     for name in steps:
         times = [t for k in range(copies[name]) for t in timings[f"{name}#{k}"]["times_ms"]]
-        results[name] = {"median_ms": statistics.median(times), "min_ms": min(times),
-                         "mean_ms": statistics.fmean(times), "max_ms": max(times), "repeats": len(times),
-                         "times_ms": times, "rounds": len(times) // copies[name]}
+        results[name] = {**summarize(times), "rounds": len(times) // copies[name]}
     return results

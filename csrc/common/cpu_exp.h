@@ -11,7 +11,8 @@
 #pragma once
 
 #include <stdint.h>
-#include <string.h>
+
+#include "float_bits.h"
 
 namespace stylesdf_fast {
 
@@ -23,32 +24,20 @@ namespace stylesdf_fast {
 #define SSDF_EXP_INLINE inline
 #endif
 
-SSDF_EXP_INLINE uint32_t exp_float_bits(float v) {
-  uint32_t bits;
-  memcpy(&bits, &v, sizeof bits);
-  return bits;
-}
-
-SSDF_EXP_INLINE float exp_bits_float(uint32_t bits) {
-  float v;
-  memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
 // x clamped to [-104, 89], NaN kept. Selected on the bit pattern: GCC if-converts integer selects
 // for SSE2/AVX2 but keeps a float comparison conditional (-ftrapping-math), which stops vectorisation.
 SSDF_EXP_INLINE float clamp_exp_argument(float x) {
   constexpr int32_t kInfinityBits = 0x7f800000;
   constexpr int32_t kHighBits = 0x42b20000;   // 89.0f
   constexpr int32_t kLowBits = 0x42d00000;    // 104.0f (the magnitude of the lower bound)
-  const uint32_t bits = exp_float_bits(x);
+  const uint32_t bits = float_bits(x);
   const int32_t magnitude = static_cast<int32_t>(bits & 0x7fffffffu);
   const uint32_t negative = 0u - (bits >> 31);   // all ones when the sign bit is set
   const uint32_t number = 0u - static_cast<uint32_t>(magnitude <= kInfinityBits);   // not NaN
   const uint32_t above = number & ~negative & (0u - static_cast<uint32_t>(magnitude > kHighBits));
   const uint32_t below = number & negative & (0u - static_cast<uint32_t>(magnitude > kLowBits));
   const uint32_t kept = bits & ~(above | below);
-  return exp_bits_float(kept | (static_cast<uint32_t>(kHighBits) & above) |
+  return bits_float(kept | (static_cast<uint32_t>(kHighBits) & above) |
                         ((0x80000000u | static_cast<uint32_t>(kLowBits)) & below));
 }
 
@@ -60,15 +49,15 @@ SSDF_EXP_INLINE float exp_fast(float x) {
   x = clamp_exp_argument(x);
   const float shifted = x * kLog2e + kRoundingShift;
   // k in the low mantissa bits of `shifted` (two's complement, |k| <= 150)
-  const int32_t k = static_cast<int32_t>(exp_float_bits(shifted) - exp_float_bits(kRoundingShift));
+  const int32_t k = static_cast<int32_t>(float_bits(shifted) - float_bits(kRoundingShift));
   const float kf = shifted - kRoundingShift;
   const float r = (x - kf * kLn2Part1) - kf * kLn2Part2;
   const float p = 1.9875691500e-4f;
   const float poly = ((((((p * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
                         1.6666665459e-1f) * r + 5.0000001201e-1f) * (r * r) + r) + 1.0f;
   const int32_t k1 = k >> 1, k2 = k - k1;   // each in [-75, 64]: 2^k1, 2^k2 are normal floats
-  const float scale1 = exp_bits_float(static_cast<uint32_t>(k1 + 127) << 23);
-  const float scale2 = exp_bits_float(static_cast<uint32_t>(k2 + 127) << 23);
+  const float scale1 = bits_float(static_cast<uint32_t>(k1 + 127) << 23);
+  const float scale2 = bits_float(static_cast<uint32_t>(k2 + 127) << 23);
   return (poly * scale1) * scale2;
 }
 

@@ -11,7 +11,8 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
+
+#include "../common/float_bits.h"
 
 namespace stylesdf_fast {
 
@@ -22,18 +23,6 @@ struct FilmSinCos {
   float c;  // cos(u)
 };
 
-inline uint32_t film_float_bits(float v) {
-  uint32_t bits;
-  memcpy(&bits, &v, sizeof bits);
-  return bits;
-}
-
-inline float film_bits_float(uint32_t bits) {
-  float v;
-  memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
 // The quadrant's choice and signs are integer bit operations rather than ?: on floats, which GCC
 // does not if-convert for SSE2/AVX2 (the loop then stays scalar).
 inline FilmSinCos film_sincos_fast(float u) {
@@ -43,7 +32,7 @@ inline FilmSinCos film_sincos_fast(float u) {
   constexpr float kPio2Part2 = 4.837512969970703125e-4f;
   constexpr float kPio2Part3 = 7.54978995489188216e-8f;
   const float shifted = u * kTwoOverPi + kRoundingShift;
-  const uint32_t quadrant = film_float_bits(shifted);   // j mod 4 sits in the two low mantissa bits
+  const uint32_t quadrant = float_bits(shifted);   // j mod 4 sits in the two low mantissa bits
   const float j = shifted - kRoundingShift;
   const float r = ((u - j * kPio2Part1) - j * kPio2Part2) - j * kPio2Part3;   // |r| <= pi/4
   const float r2 = r * r;
@@ -52,17 +41,17 @@ inline FilmSinCos film_sincos_fast(float u) {
       1.0f - 0.5f * r2 + r2 * r2 * (4.166664568298827e-2f + r2 * (-1.388731625493765e-3f + r2 * 2.443315711809948e-5f));
   // sin(r + j pi/2) and cos(r + j pi/2) by quadrant: (s, c), (c, -s), (-s, -c), (-c, s)
   const uint32_t odd = 0u - (quadrant & 1u);   // all ones in odd quadrants
-  const uint32_t sin_bits = film_float_bits(sin_r), cos_bits = film_float_bits(cos_r);
+  const uint32_t sin_bits = float_bits(sin_r), cos_bits = float_bits(cos_r);
   const uint32_t s = (cos_bits & odd) | (sin_bits & ~odd);
   const uint32_t c = (sin_bits & odd) | (cos_bits & ~odd);
   const uint32_t sin_sign = (quadrant & 2u) << 30, cos_sign = ((quadrant + 1u) & 2u) << 30;
-  return {film_bits_float(s ^ sin_sign), film_bits_float(c ^ cos_sign)};
+  return {bits_float(s ^ sin_sign), bits_float(c ^ cos_sign)};
 }
 
 // True where film_sincos_fast is not accurate (|u| > kFastPhaseLimit) or u is NaN; compared as
 // integers (the bits of |u| order like its value, NaN above infinity) so that the loop vectorises.
 inline bool film_phase_out_of_range(float u) {
-  return (film_float_bits(u) & 0x7fffffffu) > film_float_bits(kFastPhaseLimit);
+  return (float_bits(u) & 0x7fffffffu) > float_bits(kFastPhaseLimit);
 }
 
 }  // namespace stylesdf_fast
